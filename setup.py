@@ -1,0 +1,26 @@
+"""pip install of the fcclip_ros Python package (the ROS-free core, the node and the CLI).
+
+Inside a ROS 2 workspace, colcon builds the package through CMakeLists.txt instead, which also
+generates the msg/srv interfaces.
+"""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="fcclip_ros",
+    version="0.1.0",
+    description="Open-vocabulary panoptic segmentation for ROS 2 with FC-CLIP",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["fcclip_ros", "fcclip_ros.*"]),
+    package_data={"fcclip_ros": ["presets/*.txt"]},
+    install_requires=[
+        "numpy",
+        "opencv-python-headless",
+        "pillow",
+        "pyyaml",
+        "torch>=2.1",
+        "open_clip_torch>=2.26",
+    ],
+    entry_points={"console_scripts": ["fcclip-ros = fcclip_ros.cli:main"]},
+)
