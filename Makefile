@@ -1,0 +1,20 @@
+# The two commands of the README, and a few conveniences. Every target sets up first
+# (scripts/setup.sh is quick when nothing changed).
+.PHONY: setup test demo lint bench
+
+setup:
+	@bash scripts/setup.sh
+
+test: setup
+	.venv/bin/python -m pytest
+
+demo: setup
+	@bash scripts/demo.sh
+
+lint: setup
+	.venv/bin/python -m ruff check .
+
+bench: setup
+	.venv/bin/python bench/bench_engine.py
+	.venv/bin/python bench/bench_vocabulary.py
+	.venv/bin/python bench/bench_node.py
