@@ -1,0 +1,127 @@
+"""`fcclip-ros download`: the only code path that touches the network.
+
+CLIP weights go where open_clip looks for them (its Hugging Face hub cache), so that
+`clip_weights: auto` finds them offline afterwards; FC-CLIP checkpoints go to
+`<cache_dir>/checkpoints/`, where `weights: auto` looks.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import TextIO
+
+# The official release (README "Model Zoo" of bytedance/fc-clip) hosts every checkpoint on Google
+# Drive; these are its file ids and the file names the official demos use.
+OFFICIAL_CHECKPOINTS: dict[str, tuple[str, str]] = {
+    "convnext_large": ("fcclip_cocopan.pth", "1-91PIns86vyNaL3CzMmDD39zKGnPMtvj"),
+    "rn50": ("fcclip_cocopan_r50.pth", "1tcB-8FNON-LwckXQbUyKcBA2G7TU65Zh"),
+    "rn101": ("fcclip_cocopan_r101.pth", "1P0mdgftReWzVbPQ0O0CSBfW3krHhTOj0"),
+    "rn50x4": ("fcclip_cocopan_r50x4.pth", "1nUpUsNUE22eOV9skxv9IyIkmCbg5jrIF"),
+    "rn50x16": ("fcclip_cocopan_r50x16.pth", "1rJu2UwwtI0VLDl9CyB8Mkgw9qHlnX70W"),
+    "rn50x64": ("fcclip_cocopan_r50x64.pth", "1rvfFVp5p3PZQsHp2NGVEBeYYcqgVVaZX"),
+}
+DRIVE_URL = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
+HOSTS = ("huggingface.co", "drive.usercontent.google.com")
+
+
+class DownloadError(RuntimeError):
+    """A download that could not be done, with what to do about it."""
+
+
+def default_cache_dir() -> Path:
+    """`$FCCLIP_ROS_CACHE`, else `$XDG_CACHE_HOME/fcclip_ros`, else `~/.cache/fcclip_ros`."""
+    if os.environ.get("FCCLIP_ROS_CACHE"):
+        return Path(os.environ["FCCLIP_ROS_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "fcclip_ros"
+
+
+def checkpoint_path(model: str, cache_dir: str | Path | None = None) -> Path:
+    """Where `fcclip-ros download` puts (and `weights: auto` finds) a variant's checkpoint."""
+    if model not in OFFICIAL_CHECKPOINTS:
+        raise DownloadError(f"no official checkpoint exists for model {model!r}")
+    return Path(cache_dir or default_cache_dir()) / "checkpoints" / OFFICIAL_CHECKPOINTS[model][0]
+
+
+def _check_network(hosts: tuple[str, ...] = HOSTS) -> None:
+    """Fail in a second with a clear message instead of minutes of library retries."""
+    for host in hosts:
+        try:
+            socket.getaddrinfo(host, 443)
+        except OSError as error:
+            raise DownloadError(
+                f"cannot reach {host} ({error}); `fcclip-ros download` needs network access. "
+                "Alternatively copy the files by hand to the paths printed above."
+            ) from error
+
+
+def _fetch(url: str, destination: Path, out: TextIO) -> None:
+    """Download to a .part file with a progress line, then rename (no half file is ever used)."""
+    partial = destination.with_name(destination.name + ".part")
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, partial.open("wb") as sink:
+            if "text/html" in response.headers.get("Content-Type", ""):
+                raise DownloadError(f"{url} sent a web page, not the file (quota? moved?)")
+            total = int(response.headers.get("Content-Length") or 0)
+            done = 0
+            while chunk := response.read(1 << 20):
+                sink.write(chunk)
+                done += len(chunk)
+                share = f" {100 * done / total:5.1f}%" if total else ""
+                out.write(f"\r  {done / 1e6:8.1f} MB{share}")
+                out.flush()
+        out.write("\n")
+    except (urllib.error.URLError, OSError) as error:
+        partial.unlink(missing_ok=True)
+        raise DownloadError(f"downloading {url} failed: {error}") from error
+    partial.replace(destination)
+
+
+def download(
+    models: list[str],
+    cache_dir: str | Path | None = None,
+    clip: bool = True,
+    checkpoints: bool = True,
+    out: TextIO = sys.stdout,
+) -> list[Path]:
+    """Fetch the CLIP weights and FC-CLIP checkpoints of `models`; returns the files' paths."""
+    import open_clip
+
+    from fcclip_ros.model.config import VARIANTS
+
+    unknown = [m for m in models if m not in OFFICIAL_CHECKPOINTS]
+    if unknown:
+        raise DownloadError(
+            f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(OFFICIAL_CHECKPOINTS)}"
+        )
+    for model in models:
+        config = VARIANTS[model]
+        if clip:
+            out.write(f"{model}: CLIP {config.clip_model_name}/{config.clip_pretrained} -> "
+                      "open_clip's Hugging Face cache "
+                      f"({os.environ.get('HF_HUB_CACHE', '~/.cache/huggingface/hub')})\n")
+        if checkpoints:
+            out.write(f"{model}: FC-CLIP checkpoint -> {checkpoint_path(model, cache_dir)}\n")
+    _check_network()
+    written = []
+    for model in models:
+        config = VARIANTS[model]
+        if clip:
+            source = open_clip.get_pretrained_cfg(config.clip_model_name, config.clip_pretrained)
+            written.append(Path(open_clip.pretrained.download_pretrained(source)))
+            out.write(f"  saved {written[-1]}\n")
+        if checkpoints:
+            target = checkpoint_path(model, cache_dir)
+            if target.is_file():
+                out.write(f"  {target} already present\n")
+            else:
+                _fetch(DRIVE_URL.format(OFFICIAL_CHECKPOINTS[model][1]), target, out)
+                out.write(f"  saved {target} ({target.stat().st_size / 1e6:.1f} MB)\n")
+            written.append(target)
+    return written

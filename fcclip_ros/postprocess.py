@@ -1,0 +1,307 @@
+"""FC-CLIP's post-processing: mask logits and class logits of the queries to per-pixel results.
+
+`semantic_inference`, `panoptic_inference` and `instance_inference` follow the official
+`FCCLIP.semantic_inference / panoptic_inference / instance_inference` (same formulas, thresholds
+and id order); they take the final (Q, C+1) "logits" of the geometric ensemble, whose last column
+is void. `to_segmentation` and `semantic_to_segmentation` turn a result into the maps and segment
+list the node publishes. Everything stays on the input's device until the final maps are copied
+to numpy; no step loops over pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fcclip_ros.result import UNLABELED, Segment, Segmentation
+
+
+@dataclass(frozen=True)
+class PanopticSegment:
+    """One panoptic segment (the official segments_info entry plus a score)."""
+
+    id: int  # value in the id map, 1..N in the order the official code assigns them
+    class_id: int
+    is_thing: bool
+    # Class probability of the query; for stuff merged from several queries, the mean of their
+    # probabilities weighted by the pixels each contributes (= the mean over the segment's pixels).
+    score: float
+
+
+@dataclass(frozen=True)
+class PanopticResult:
+    ids: torch.Tensor  # (H, W) int32 segment id per pixel, 0 where no segment
+    segments: list[PanopticSegment]
+
+
+@dataclass(frozen=True)
+class InstanceResult:
+    """Thing instances, highest class score first."""
+
+    masks: torch.Tensor  # (N, H, W) bool, mask logit > 0
+    class_ids: torch.Tensor  # (N,) int64
+    scores: torch.Tensor  # (N,) class probability x mean sigmoid inside the mask
+    query_ids: torch.Tensor  # (N,) int64, the query each instance comes from
+
+
+def masks_to_original(
+    mask_logits: torch.Tensor,
+    padded_size: tuple[int, int],
+    resized_size: tuple[int, int],
+    original_size: tuple[int, int],
+) -> torch.Tensor:
+    """Bring (Q, h, w) stride-4 mask logits to the caller's image, (Q, H, W).
+
+    Bilinear upsampling to the padded network input, crop of the padding, bilinear resize to
+    the original size (FC-CLIP's upsampling followed by detectron2's sem_seg_postprocess).
+    """
+    masks = F.interpolate(
+        mask_logits[None], size=tuple(padded_size), mode="bilinear", align_corners=False
+    )
+    masks = masks[..., : resized_size[0], : resized_size[1]]
+    if tuple(resized_size) != tuple(original_size):
+        # At equal sizes bilinear interpolation is the identity, so skipping it changes nothing.
+        masks = F.interpolate(
+            masks, size=tuple(original_size), mode="bilinear", align_corners=False
+        )
+    return masks[0]
+
+
+def semantic_inference(class_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Per-class score map (C, H, W) = sum over queries of P(class) x sigmoid(mask).
+
+    The void probability is dropped without renormalising, as in the official code.
+    """
+    class_probs = F.softmax(class_logits, dim=-1)[:, :-1]  # (Q, C)
+    return torch.einsum("qc,qhw->chw", class_probs, masks.sigmoid())
+
+
+def panoptic_inference(
+    class_logits: torch.Tensor,
+    masks: torch.Tensor,
+    is_thing: torch.Tensor,
+    object_mask_threshold: float = 0.0,
+    overlap_threshold: float = 0.8,
+) -> PanopticResult:
+    """Official panoptic merging of (Q, C+1) class logits and (Q, H, W) mask logits.
+
+    Queries whose best class is not void and whose probability exceeds `object_mask_threshold`
+    compete per pixel on probability x sigmoid(mask). A query becomes a segment where it wins and
+    its own sigmoid is >= 0.5, if that region is not empty and it wins at least
+    `overlap_threshold` of its own mask; stuff queries of one class share one segment.
+    """
+    num_classes = class_logits.shape[-1] - 1
+    _check_is_thing(is_thing, num_classes)
+    scores, labels = F.softmax(class_logits, dim=-1).max(-1)
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    scores, labels = scores[keep], labels[keep]
+    probs = masks[keep].sigmoid()  # (K, H, W)
+    height, width = masks.shape[-2:]
+    num_kept = probs.shape[0]
+    if num_kept == 0:
+        return PanopticResult(
+            torch.zeros(height, width, dtype=torch.int32, device=masks.device), []
+        )
+
+    owner = (scores.view(-1, 1, 1) * probs).argmax(0)  # (H, W) kept query winning each pixel
+    in_own_mask = probs.gather(0, owner[None])[0] >= 0.5  # the winner's sigmoid >= 0.5 there
+    won_area = torch.bincount(owner.flatten(), minlength=num_kept)
+    mask_area = (probs >= 0.5).flatten(1).sum(1)
+    final_area = torch.bincount(owner[in_own_mask], minlength=num_kept)
+    won, own, final = torch.stack([won_area, mask_area, final_area]).tolist()
+    thing_of_class = is_thing.tolist()
+
+    segment_of_query = [0] * num_kept  # 0: the query yields no segment
+    classes: list[int] = []
+    score_sums: list[float] = []  # per segment, sum of query score x contributed pixels
+    pixel_sums: list[int] = []
+    stuff_segment: dict[int, int] = {}  # stuff class -> its segment id
+    for k, (class_id, score) in enumerate(zip(labels.tolist(), scores.tolist(), strict=True)):
+        # The official code also requires won and own > 0; final > 0 implies both.
+        if final[k] == 0 or won[k] / own[k] < overlap_threshold:
+            continue
+        segment_id = len(classes) + 1
+        if not thing_of_class[class_id]:
+            segment_id = stuff_segment.setdefault(class_id, segment_id)
+        if segment_id > len(classes):
+            classes.append(class_id)
+            score_sums.append(0.0)
+            pixel_sums.append(0)
+        segment_of_query[k] = segment_id
+        score_sums[segment_id - 1] += score * final[k]
+        pixel_sums[segment_id - 1] += final[k]
+
+    lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=masks.device)
+    ids = torch.where(in_own_mask, lookup[owner], 0).to(torch.int32)
+    segments = [
+        PanopticSegment(i + 1, c, bool(thing_of_class[c]), score_sums[i] / pixel_sums[i])
+        for i, c in enumerate(classes)
+    ]
+    return PanopticResult(ids, segments)
+
+
+def instance_inference(
+    class_logits: torch.Tensor,
+    masks: torch.Tensor,
+    is_thing: torch.Tensor,
+    panoptic_on: bool = True,
+    top_k: int = 100,
+) -> InstanceResult:
+    """Official instance results: the `top_k` best (query, class) pairs over all Q x C.
+
+    With `panoptic_on` (the official setting whenever panoptic output exists) only thing classes
+    are kept; without it the official code assumes the vocabulary holds things only and keeps all.
+    The official code asks topk for unsorted results; here they come sorted (same set).
+    """
+    class_probs = F.softmax(class_logits, dim=-1)[:, :-1]  # (Q, C)
+    num_classes = class_probs.shape[1]
+    _check_is_thing(is_thing, num_classes)
+    scores, flat_index = class_probs.flatten().topk(min(top_k, class_probs.numel()))
+    query_ids = flat_index // num_classes
+    class_ids = flat_index % num_classes
+    if panoptic_on:
+        keep = is_thing.to(class_ids.device)[class_ids]
+        scores, query_ids, class_ids = scores[keep], query_ids[keep], class_ids[keep]
+    logits = masks[query_ids].flatten(1)  # (N, H*W)
+    binary = (logits > 0).to(logits.dtype)
+    mask_scores = (logits.sigmoid() * binary).sum(1) / (binary.sum(1) + 1e-6)
+    return InstanceResult(
+        masks=logits.view(-1, *masks.shape[-2:]) > 0,
+        class_ids=class_ids,
+        scores=scores * mask_scores,
+        query_ids=query_ids,
+    )
+
+
+def to_segmentation(
+    panoptic: PanopticResult, class_names: Sequence[str], with_confidence: bool = False
+) -> Segmentation:
+    """The published form of a panoptic result.
+
+    labels = class of the pixel's segment (UNLABELED where none), instances = segment id,
+    confidence = the segment's score (0 where none), only when `with_confidence`.
+    """
+    device = panoptic.ids.device
+    ids = panoptic.ids.long()
+    class_of_id = torch.tensor(
+        [UNLABELED] + [s.class_id for s in panoptic.segments], dtype=torch.int32, device=device
+    )
+    confidence = None
+    if with_confidence:
+        score_of_id = torch.tensor(
+            [0.0] + [s.score for s in panoptic.segments], dtype=torch.float32, device=device
+        )
+        confidence = score_of_id[ids]
+    return _publish(
+        ids,
+        class_of_id,
+        [s.score for s in panoptic.segments],
+        [s.is_thing for s in panoptic.segments],
+        class_names,
+        confidence,
+    )
+
+
+def semantic_to_segmentation(
+    semseg: torch.Tensor,
+    class_names: Sequence[str],
+    is_thing: torch.Tensor,
+    with_confidence: bool = False,
+) -> Segmentation:
+    """The published form of a (C, H, W) semantic score map.
+
+    Every pixel gets its argmax class; each class present is one segment, ids 1.. in ascending
+    class id. Confidence = the argmax score's share of the pixel's summed scores (0..1); a
+    segment's score is the mean confidence over its pixels.
+    """
+    num_classes = semseg.shape[0]
+    _check_is_thing(is_thing, num_classes)
+    best, labels = semseg.max(0)  # (H, W) each
+    total = semseg.sum(0, dtype=torch.float32)
+    confidence = best.float() / total.clamp_min(torch.finfo(torch.float32).tiny)
+    labels = labels.flatten()
+    pixels = torch.bincount(labels, minlength=num_classes)
+    classes = (pixels > 0).nonzero().flatten()  # (N,) present classes, ascending
+    id_of_class = torch.zeros(num_classes, dtype=torch.long, device=semseg.device)
+    id_of_class[classes] = torch.arange(1, classes.numel() + 1, device=semseg.device)
+    confidence_sums = torch.bincount(labels, weights=confidence.flatten(), minlength=num_classes)
+    mean_confidence = (confidence_sums[classes] / pixels[classes]).tolist()
+    class_list = classes.tolist()
+    thing_of_class = is_thing.tolist()
+    class_of_id = torch.cat([classes.new_tensor([UNLABELED]), classes]).to(torch.int32)
+    return _publish(
+        id_of_class[labels].view(semseg.shape[1:]),
+        class_of_id,
+        mean_confidence,
+        [bool(thing_of_class[c]) for c in class_list],
+        class_names,
+        confidence if with_confidence else None,
+    )
+
+
+def _publish(
+    ids: torch.Tensor,
+    class_of_id: torch.Tensor,
+    scores: Sequence[float],
+    is_thing: Sequence[bool],
+    class_names: Sequence[str],
+    confidence: torch.Tensor | None,
+) -> Segmentation:
+    """Maps and segment list from an (H, W) id map with segments 1..N; areas/boxes by reduction."""
+    num_ids = class_of_id.shape[0]  # N + 1, id 0 = no segment
+    if num_ids > UNLABELED:
+        raise ValueError(f"{num_ids - 1} segments do not fit the uint16 instances image")
+    height, width = ids.shape
+    flat = ids.flatten()
+    xs = torch.arange(width, device=ids.device).repeat(height)
+    ys = torch.arange(height, device=ids.device).repeat_interleave(width)
+    stats = torch.stack(
+        [
+            torch.bincount(flat, minlength=num_ids),
+            _reduce_by_id(flat, xs, num_ids, "amin", width),
+            _reduce_by_id(flat, ys, num_ids, "amin", height),
+            _reduce_by_id(flat, xs, num_ids, "amax", -1),
+            _reduce_by_id(flat, ys, num_ids, "amax", -1),
+        ],
+        dim=1,
+    )[1:].tolist()  # (N, 5): area, x0, y0, x1, y1
+    segments = []
+    for i, ((area, x0, y0, x1, y1), class_id) in enumerate(
+        zip(stats, class_of_id[1:].tolist(), strict=True)
+    ):
+        segments.append(
+            Segment(
+                id=i + 1,
+                class_id=class_id,
+                label=class_names[class_id],
+                score=float(scores[i]),
+                is_thing=bool(is_thing[i]),
+                area=int(area),
+                bbox=(x0, y0, x1 - x0 + 1, y1 - y0 + 1) if area else (0, 0, 0, 0),
+            )
+        )
+    return Segmentation(
+        labels=class_of_id[ids].cpu().numpy().astype(np.uint16),
+        instances=ids.cpu().numpy().astype(np.uint16),
+        confidence=None if confidence is None else confidence.float().cpu().numpy(),
+        segments=segments,
+    )
+
+
+def _reduce_by_id(
+    ids: torch.Tensor, values: torch.Tensor, num_ids: int, reduce: str, empty: int
+) -> torch.Tensor:
+    """Per-id min or max of `values` over pixels; `empty` for ids without pixels."""
+    initial = torch.full((num_ids,), empty, dtype=values.dtype, device=values.device)
+    return initial.scatter_reduce(0, ids, values, reduce=reduce, include_self=True)
+
+
+def _check_is_thing(is_thing: torch.Tensor, num_classes: int) -> None:
+    if is_thing.shape != (num_classes,):
+        raise ValueError(
+            f"is_thing needs one flag per class ({num_classes}), got {tuple(is_thing.shape)}"
+        )
