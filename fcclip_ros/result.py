@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-UNLABELED = 65535  # labels-image value of pixels no segment owns (vision_msgs convention for uint16)
+UNLABELED = 65535  # labels-image value of pixels no segment owns (vision_msgs uint16 convention)
 NO_INSTANCE = 0  # instances-image value of pixels no segment owns
 
 

@@ -1,0 +1,153 @@
+"""Loading official-layout FC-CLIP checkpoints: strict for the head, clear errors otherwise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fcclip_ros.checkpoint import CheckpointError, load_fcclip_weights, official_state_dict
+from fcclip_ros.model.classification import TextClassifier
+from fcclip_ros.model.config import VARIANTS
+from fcclip_ros.model.fcclip import FCCLIP, FCCLIPHead
+
+TINY = VARIANTS["tiny"]
+
+
+class TrainerState:
+    """Stands for the non-tensor objects some training scripts pickle into checkpoints."""
+
+    iteration = 368_750
+
+
+def segment(model: FCCLIP) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    embeddings = F.normalize(torch.randn(4, TINY.embed_dim, generator=generator), dim=-1)
+    classifier = TextClassifier(embeddings, torch.tensor([0, 0, 1, 2]),
+                                torch.tensor([True, False, True]))
+    with torch.inference_mode():
+        return model(torch.randn(1, 3, 64, 64, generator=generator), classifier)
+
+
+@pytest.fixture(scope="module")
+def convnext_large() -> FCCLIP:
+    return FCCLIP(VARIANTS["convnext_large"])
+
+
+def head_keys(model: FCCLIP) -> list[str]:
+    return [key for key in model.state_dict() if not key.startswith("backbone.")]
+
+
+def test_official_layout_checkpoint_loads_strictly_and_reproduces_outputs(tmp_path) -> None:
+    trained = FCCLIP(TINY, seed=1)
+    path = tmp_path / "fcclip_tiny.pth"
+    torch.save({"model": official_state_dict(trained), "iteration": 10}, path)
+    model = FCCLIP(TINY, seed=2)
+    assert not torch.equal(segment(model)[1], segment(trained)[1])
+
+    report = load_fcclip_weights(model, path)
+
+    for ours, theirs in zip(segment(model), segment(trained), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    assert report.head_keys == len(head_keys(model))
+    assert report.clip_keys == len(model.backbone.state_dict())
+    assert report.ignored == ("criterion.empty_weight",)
+    assert report.unexpected == ()
+    assert not report.unsafe_pickle
+
+
+def test_head_only_checkpoint_keeps_open_clips_weights(tmp_path) -> None:
+    trained = FCCLIP(TINY, seed=1)
+    path = tmp_path / "head_only.pth"
+    # Like the released files: head weights only, as a bare state dict.
+    torch.save({key: value for key, value in official_state_dict(trained).items()
+                if not key.startswith("backbone.")}, path)
+    model = FCCLIP(TINY, seed=2)
+    clip_before = {k: v.clone() for k, v in model.backbone.state_dict().items()}
+    report = load_fcclip_weights(model, path)
+    assert report.clip_keys == 0
+    for key, value in model.backbone.state_dict().items():
+        assert torch.equal(value, clip_before[key]), key
+    for key in head_keys(model):
+        assert torch.equal(model.state_dict()[key], trained.state_dict()[key]), key
+
+
+def test_checkpoint_missing_a_head_weight_is_refused_naming_it(tmp_path) -> None:
+    state = official_state_dict(FCCLIP(TINY))
+    del state["sem_seg_head.predictor.query_embed.weight"]
+    del state["void_embedding.weight"]
+    path = tmp_path / "truncated.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError,
+                       match=r"lacks sem_seg_head\.predictor\.query_embed\.weight \(and 1 other"):
+        load_fcclip_weights(FCCLIP(TINY), path)
+
+
+def test_convnext_large_writes_the_official_key_layout(convnext_large: FCCLIP) -> None:
+    state = official_state_dict(convnext_large)
+    clip = [key for key in state if key.startswith("backbone.clip_model.")]
+    rest = [key for key in state if not key.startswith("backbone.clip_model.")]
+    assert (len(clip), len(rest)) == (543, 303)  # reference section 7.3
+    assert {"backbone.clip_model.visual.trunk.head.norm.weight",
+            "backbone.clip_model.visual.head.mlp.fc2.weight",
+            "backbone.clip_model.transformer.resblocks.15.mlp.c_proj.weight",
+            "sem_seg_head.pixel_decoder.transformer.level_embed",
+            "sem_seg_head.predictor.logit_scale", "void_embedding.weight",
+            "criterion.empty_weight"} <= set(state)
+    assert sum(state[key].numel() for key in rest) - 134 == 20_721_601
+
+
+def test_resnet_checkpoint_is_refused_by_the_convnext_large_model_naming_rn50(
+        tmp_path, convnext_large: FCCLIP) -> None:
+    rn50 = VARIANTS["rn50"]
+    state = {f"sem_seg_head.{key}": value for key, value in FCCLIPHead(rn50).state_dict().items()}
+    state["void_embedding.weight"] = torch.zeros(1, rn50.embed_dim)
+    path = tmp_path / "fcclip_cocopan_r50.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match=r"fits rn50 \(embed_dim 1024, res5 2048 channels\), "
+                                              r"not convnext_large"):
+        load_fcclip_weights(convnext_large, path)
+
+
+def test_checkpoint_of_an_unknown_layout_names_a_mismatched_weight(tmp_path) -> None:
+    state = official_state_dict(FCCLIP(TINY))
+    state["sem_seg_head.predictor.query_feat.weight"] = torch.zeros(7, TINY.hidden_dim)
+    path = tmp_path / "other.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"query_feat\.weight has shape \(7, 64\)"):
+        load_fcclip_weights(FCCLIP(TINY), path)
+
+
+def test_unexpected_entries_are_reported_not_loaded(tmp_path) -> None:
+    state = official_state_dict(FCCLIP(TINY))
+    state["sem_seg_head.predictor.extra_head.weight"] = torch.zeros(3)
+    state["pixel_mean"] = torch.zeros(3, 1, 1)
+    path = tmp_path / "extra.pth"
+    torch.save({"model": state}, path)
+    report = load_fcclip_weights(FCCLIP(TINY), path)
+    assert report.unexpected == ("sem_seg_head.predictor.extra_head.weight",)
+    assert set(report.ignored) == {"criterion.empty_weight", "pixel_mean"}
+
+
+def test_file_with_pickled_objects_loads_only_through_full_unpickling(tmp_path) -> None:
+    trained = FCCLIP(TINY, seed=1)
+    path = tmp_path / "with_trainer.pth"
+    torch.save({"model": official_state_dict(trained), "trainer": TrainerState()}, path)
+    model = FCCLIP(TINY, seed=2)
+    report = load_fcclip_weights(model, path)
+    assert report.unsafe_pickle
+    torch.testing.assert_close(segment(model)[1], segment(trained)[1], rtol=0, atol=0)
+
+
+def test_unreadable_or_absent_files_raise_checkpoint_errors(tmp_path) -> None:
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    model = FCCLIP(TINY)
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_fcclip_weights(model, garbage)
+    with pytest.raises(CheckpointError, match="no FC-CLIP checkpoint"):
+        load_fcclip_weights(model, tmp_path / "absent.pth")
+    empty = tmp_path / "empty.pth"
+    torch.save({"iteration": 3}, empty)
+    with pytest.raises(CheckpointError, match="not a tensor"):
+        load_fcclip_weights(model, empty)
