@@ -88,9 +88,13 @@ def download(
     cache_dir: str | Path | None = None,
     clip: bool = True,
     checkpoints: bool = True,
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
 ) -> list[Path]:
-    """Fetch the CLIP weights and FC-CLIP checkpoints of `models`; returns the files' paths."""
+    """Fetch the CLIP weights and FC-CLIP checkpoints of `models`; returns the files' paths.
+
+    Progress and destinations go to `out` (default: standard output).
+    """
+    out = out or sys.stdout
     import open_clip
 
     from fcclip_ros.model.config import VARIANTS

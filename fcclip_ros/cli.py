@@ -1,0 +1,176 @@
+"""`fcclip-ros`: offline segmentation, weight download, and the node's ROS commands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fcclip_ros.result import Segmentation
+
+
+def _split_vocabulary(text: str) -> tuple[str, ...]:
+    """ "a; b, b2" -> ("a", "b, b2"): semicolons separate classes, commas synonyms."""
+    return tuple(entry.strip() for entry in text.split(";"))
+
+
+def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
+    from fcclip_ros.engine import EngineConfig
+
+    defaults = EngineConfig()
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment image files offline (no ROS needed)",
+        description="Segment image files with FC-CLIP and write, per image, <stem>_labels.png and "
+        "<stem>_instances.png (16-bit PNG: class id per pixel with 65535 = unlabeled, and "
+        "segment id per pixel with 0 = none), <stem>_overlay.png and <stem>_segments.json "
+        "(the Segment message fields of every segment).",
+    )
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    parser.add_argument("--model", default=defaults.model,
+                        help=f"FC-CLIP variant (default {defaults.model})")
+    parser.add_argument("--weights", default=defaults.weights,
+                        help="FC-CLIP checkpoint: a path, 'auto' (downloaded by `fcclip-ros "
+                        "download`) or 'random' (pipeline tests; labels are meaningless)")
+    parser.add_argument("--clip-weights", default=defaults.clip_weights,
+                        help="CLIP weights: 'auto' (open_clip's pretrained tag from its local "
+                        "cache), a path, or 'random'")
+    vocabulary = parser.add_mutually_exclusive_group()
+    vocabulary.add_argument("--vocabulary", type=_split_vocabulary,
+                            help='classes separated by ";", synonyms by ",": "cup, mug; table"')
+    vocabulary.add_argument("--preset", default=defaults.vocabulary_preset,
+                            help=f"built-in vocabulary (default {defaults.vocabulary_preset})")
+    parser.add_argument("--mode", choices=("panoptic", "semantic"), default=defaults.mode)
+    parser.add_argument("--short-side", type=int, default=defaults.input_short_side,
+                        help="resize so the short side has this many pixels; the image's own "
+                        "short side (or 0) means no resize (default %(default)s)")
+    parser.add_argument("--max-long-side", type=int, default=defaults.max_long_side,
+                        help="cap on the long side after resizing (default %(default)s)")
+    parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--precision", default=defaults.precision,
+                        help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16")
+    parser.add_argument("--object-mask-threshold", type=float,
+                        default=defaults.object_mask_threshold)
+    parser.add_argument("--overlap-threshold", type=float, default=defaults.overlap_threshold)
+    parser.add_argument("--cache-dir", default=None,
+                        help="checkpoints and text-embedding cache (default ~/.cache/fcclip_ros)")
+    parser.set_defaults(func=_segment)
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from fcclip_ros.engine import Engine, EngineConfig, EngineError
+    from fcclip_ros.overlay import draw_overlay
+
+    config = EngineConfig(
+        model=args.model, weights=args.weights, clip_weights=args.clip_weights,
+        device=args.device, precision=args.precision, mode=args.mode,
+        input_short_side=args.short_side, max_long_side=args.max_long_side,
+        object_mask_threshold=args.object_mask_threshold,
+        overlap_threshold=args.overlap_threshold, cache_dir=args.cache_dir,
+        vocabulary=args.vocabulary or (), vocabulary_preset=args.preset,
+    )
+    try:
+        engine = Engine(config)
+    except EngineError as error:
+        print(f"fcclip-ros segment: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for path in args.images:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            print(f"{path}: not a readable image, skipped", file=sys.stderr)
+            failures += 1
+            continue
+        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
+        try:
+            result = engine.segment(rgb, with_confidence=False)
+        except EngineError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        _write_result(args.out / path.stem, rgb, result, draw_overlay(rgb, result.instances,
+                                                                      result.segments))
+        print(f"{path}: {len(result.segments)} segments -> {args.out / path.stem}_*")
+    return 1 if failures else 0
+
+
+def _write_result(prefix: Path, rgb: np.ndarray, result: Segmentation,
+                  overlay: np.ndarray) -> None:
+    cv2.imwrite(f"{prefix}_labels.png", result.labels)
+    cv2.imwrite(f"{prefix}_instances.png", result.instances)
+    cv2.imwrite(f"{prefix}_overlay.png", overlay[:, :, ::-1])
+    segments = []
+    for segment in result.segments:
+        fields = asdict(segment)
+        x, y, width, height = segment.bbox
+        fields["bbox"] = {"x_offset": x, "y_offset": y, "width": width, "height": height}
+        segments.append(fields)
+    document = {"image_size": list(rgb.shape[:2]),
+                "vocabulary_version": result.vocabulary_version, "segments": segments}
+    Path(f"{prefix}_segments.json").write_text(json.dumps(document, indent=2))
+
+
+def _add_download_command(subparsers: argparse._SubParsersAction) -> None:
+    from fcclip_ros.download import OFFICIAL_CHECKPOINTS
+
+    parser = subparsers.add_parser(
+        "download",
+        help="fetch official CLIP and FC-CLIP weights (needs the network)",
+        description="Download the CLIP weights (into open_clip's Hugging Face cache, where "
+        "clip_weights: auto finds them) and the official FC-CLIP checkpoints (into "
+        "<cache-dir>/checkpoints/, where weights: auto finds them). The only command that "
+        "uses the network.",
+    )
+    parser.add_argument("--model", action="append", choices=list(OFFICIAL_CHECKPOINTS),
+                        help="variant(s) to fetch (repeatable; default convnext_large)")
+    parser.add_argument("--cache-dir", default=None, help="default ~/.cache/fcclip_ros")
+    parser.add_argument("--no-clip", action="store_true", help="skip the CLIP weights")
+    parser.add_argument("--no-checkpoint", action="store_true", help="skip the checkpoints")
+    parser.set_defaults(func=_download)
+
+
+def _download(args: argparse.Namespace) -> int:
+    from fcclip_ros.download import DownloadError, download
+
+    try:
+        download(args.model or ["convnext_large"], args.cache_dir, clip=not args.no_clip,
+                 checkpoints=not args.no_checkpoint)
+    except DownloadError as error:
+        print(f"fcclip-ros download: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from fcclip_ros.ros_commands import add_subcommands
+
+    parser = argparse.ArgumentParser(
+        prog="fcclip-ros",
+        description="FC-CLIP open-vocabulary panoptic segmentation for ROS 2.",
+    )
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(subparsers)
+    _add_segment_command(subparsers)
+    _add_download_command(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args, extra = build_parser().parse_known_args(argv)
+    if extra and args.command != "run":
+        build_parser().error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
