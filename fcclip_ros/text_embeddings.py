@@ -1,0 +1,285 @@
+"""FC-CLIP's text classifier (prompt ensemble per synonym) with a persistent embedding cache.
+
+Each synonym is written into the 14 official templates, encoded by the CLIP text tower, each
+prompt embedding L2-normalised, averaged over the templates and normalised again: one row per
+synonym. A synonym's row depends only on the text tower and the templates, so rows are cached
+per synonym: in memory, and on disk under ``cache_dir`` in a directory keyed by the model name,
+a hash of every text-tower weight and the templates.
+
+Disk cache layout: append-only shard files, each written under a temporary name and renamed into
+place (atomic), so concurrent writers never share a file; every shard ends in a SHA-256 of its
+contents, so a damaged one is detected, removed with a warning and its rows re-encoded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import struct
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fcclip_ros.model.classification import TextClassifier
+from fcclip_ros.vocabulary import Vocabulary
+
+logger = logging.getLogger(__name__)
+
+# VILD_PROMPT of fcclip/fcclip.py, verbatim (templates 2-5 have no final period).
+TEMPLATES: tuple[str, ...] = (
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+)
+
+_SHARD_MAGIC = b"FCCLIP-TEXT-EMB-1\n"
+_SHARD_SUFFIX = ".emb"
+_MAX_SHARDS = 16  # more than this many shards are merged into one when the cache is read
+_STALE_TEMP_SECONDS = 3600.0  # temporary files older than this were left by a crashed writer
+
+
+def encode_text_truncated(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
+    """``model.encode_text(tokens)`` (un-normalised), run only up to the last pooled token.
+
+    The causal mask lets a position attend only to earlier ones, so the pooled (EOT) embedding
+    does not depend on the padding after it: dropping the columns past the longest prompt's EOT
+    gives the same result for a fraction of the work. Models without a causal mask or with
+    another pooling fall back to the full ``encode_text``.
+    """
+    pool_type = getattr(model, "text_pool_type", None)
+    if getattr(model, "attn_mask", None) is None or pool_type not in ("argmax", "eos"):
+        return model.encode_text(tokens)
+    if pool_type == "argmax":  # EOT has the largest token id
+        pooled_at = tokens.argmax(dim=-1)
+    else:
+        pooled_at = (tokens == model.text_eos_id).int().argmax(dim=-1)
+    length = int(pooled_at.max()) + 1
+    cast_dtype = model.transformer.get_cast_dtype()
+
+    x = model.token_embedding(tokens[:, :length]).to(cast_dtype)  # (N, L, width)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = x[torch.arange(x.shape[0], device=x.device), pooled_at]  # (N, width)
+    if isinstance(model.text_projection, nn.Linear):
+        return model.text_projection(x)
+    if model.text_projection is not None:
+        return x @ model.text_projection
+    return x
+
+
+def text_tower_fingerprint(model: nn.Module) -> str:
+    """SHA-256 over every text-tower tensor (names, shapes, dtypes, bytes).
+
+    Anything else in the model (the image tower, the logit scale) does not change text
+    embeddings and is left out, so a cache survives e.g. a different FC-CLIP head.
+    """
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith("visual.") or name.startswith("logit_"):
+            continue
+        flat = tensor.detach().reshape(-1).contiguous().cpu()
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(flat.view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+@dataclass
+class EmbeddingStats:
+    """Where the synonym rows of all ``classifier`` calls came from."""
+
+    encoded: int = 0  # distinct synonyms encoded by the text tower
+    memory_hits: int = 0  # distinct synonyms found in memory
+    disk_hits: int = 0  # distinct synonyms read from the disk cache
+    corrupt_files: int = 0  # damaged cache files detected (and removed)
+
+
+class TextEmbedder:
+    """Builds ``TextClassifier``s for vocabularies, encoding each synonym once ever.
+
+    ``tokenizer`` is open_clip's tokenizer for the model (a list of strings to (N, 77) ids).
+    ``cache_dir`` None keeps the cache in memory only. Thread-safe; other processes may share
+    ``cache_dir``. The text-tower weights are fingerprinted here, so load them before.
+    """
+
+    def __init__(
+        self,
+        clip_model: nn.Module,
+        tokenizer: Callable[[list[str]], torch.Tensor],
+        model_name: str,
+        cache_dir: str | Path | None = None,
+        device: torch.device | str | None = None,
+        chunk_size: int = 128,
+    ) -> None:
+        self.model = clip_model.eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.device = torch.device(device) if device is not None else _device_of(clip_model)
+        self.chunk_size = chunk_size
+        self.stats = EmbeddingStats()
+        self.fingerprint = text_tower_fingerprint(clip_model)
+        key = hashlib.sha256(
+            json.dumps([model_name, self.fingerprint, TEMPLATES]).encode()
+        ).hexdigest()[:16]
+        safe_name = re.sub(r"[^A-Za-z0-9._-]", "_", model_name)
+        self.cache_path = None if cache_dir is None else Path(cache_dir) / f"{safe_name}-{key}"
+        self._rows: dict[str, torch.Tensor] = {}  # synonym -> (D,) float32 on CPU
+        self._shards_read: set[str] = set()
+        self._lock = threading.Lock()
+
+    def classifier(self, vocabulary: Vocabulary) -> TextClassifier:
+        """The text classifier for ``vocabulary``, on this embedder's device."""
+        rows = self.embed([s for c in vocabulary.classes for s in c.synonyms])
+        synonyms_per_class = torch.tensor([len(c.synonyms) for c in vocabulary.classes])
+        class_of_row = torch.repeat_interleave(torch.arange(len(vocabulary)), synonyms_per_class)
+        seen = torch.tensor(vocabulary.seen_mask(), dtype=torch.bool)
+        return TextClassifier(rows, class_of_row, seen).to(self.device)
+
+    def embed(self, synonyms: Sequence[str]) -> torch.Tensor:
+        """(S, D) float32: one normalised, template-averaged row per synonym, in order."""
+        with self._lock:
+            unique = list(dict.fromkeys(synonyms))
+            missing = [s for s in unique if s not in self._rows]
+            self.stats.memory_hits += len(unique) - len(missing)
+            if missing and self.cache_path is not None:
+                self._use_disk(self._read_disk_cache)
+                still_missing = [s for s in missing if s not in self._rows]
+                self.stats.disk_hits += len(missing) - len(still_missing)
+                missing = still_missing
+            if missing:
+                rows = self._encode(missing)
+                self._rows.update(zip(missing, rows, strict=True))
+                self.stats.encoded += len(missing)
+                if self.cache_path is not None:
+                    self._use_disk(self._write_shard, missing, rows)
+            return torch.stack([self._rows[s] for s in synonyms])
+
+    def _use_disk(self, operation: Callable, *args) -> None:
+        """Run a cache-directory operation; a broken directory only costs re-encoding later."""
+        try:
+            operation(*args)
+        except OSError as error:
+            logger.warning(
+                "text embedding cache %s unusable (%s); keeping rows in memory only",
+                self.cache_path,
+                error,
+            )
+
+    @torch.no_grad()
+    def _encode(self, synonyms: list[str]) -> torch.Tensor:
+        prompts = [template.format(s) for s in synonyms for template in TEMPLATES]
+        tokens = self.tokenizer(prompts)
+        # Similar lengths in a chunk let truncation cut more; rows are independent of the order.
+        order = torch.argsort(tokens.argmax(dim=-1), stable=True)
+        chunks = [
+            encode_text_truncated(self.model, tokens[index].to(self.device)).float().cpu()
+            for index in order.split(self.chunk_size)
+        ]
+        embeddings = torch.cat(chunks)[torch.argsort(order)]  # (14 * S, D) in prompt order
+        per_template = F.normalize(embeddings, dim=-1).view(len(synonyms), len(TEMPLATES), -1)
+        return F.normalize(per_template.mean(dim=1), dim=-1)
+
+    def _read_disk_cache(self) -> None:
+        """Load shards not read yet (other processes may have added some); merge if many."""
+        if not self.cache_path.is_dir():
+            return
+        shards = sorted(p for p in self.cache_path.iterdir() if p.suffix == _SHARD_SUFFIX)
+        for path in shards:
+            if path.name not in self._shards_read:
+                self._read_shard(path)
+        self._remove_stale_temporaries()
+        if len(shards) > _MAX_SHARDS:
+            self._merge_shards(shards)
+
+    def _read_shard(self, path: Path) -> None:
+        try:
+            synonyms, rows = _decode_shard(path.read_bytes())
+        except FileNotFoundError:  # merged away by another process meanwhile
+            return
+        except ValueError as error:
+            logger.warning("text embedding cache file %s is damaged (%s); rebuilding", path, error)
+            self.stats.corrupt_files += 1
+            path.unlink(missing_ok=True)
+            return
+        self._shards_read.add(path.name)
+        for synonym, row in zip(synonyms, rows, strict=True):
+            self._rows.setdefault(synonym, row)
+
+    def _merge_shards(self, shards: list[Path]) -> None:
+        """Write every known row into one shard, then remove the shards it replaces."""
+        merged = self._write_shard(list(self._rows), torch.stack(list(self._rows.values())))
+        for path in shards:
+            if path != merged:
+                path.unlink(missing_ok=True)
+        self._shards_read = {merged.name}
+
+    def _write_shard(self, synonyms: list[str], rows: torch.Tensor) -> Path:
+        self.cache_path.mkdir(parents=True, exist_ok=True)
+        name = f"{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        temporary = self.cache_path / f".{name}.tmp"
+        final = self.cache_path / f"{name}{_SHARD_SUFFIX}"
+        with open(temporary, "wb") as file:
+            file.write(_encode_shard(synonyms, rows))
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, final)
+        self._shards_read.add(final.name)
+        return final
+
+    def _remove_stale_temporaries(self) -> None:
+        deadline = time.time() - _STALE_TEMP_SECONDS
+        for path in self.cache_path.glob(".*.tmp"):
+            try:
+                if path.stat().st_mtime < deadline:
+                    path.unlink()
+            except FileNotFoundError:
+                pass
+
+
+def _encode_shard(synonyms: list[str], rows: torch.Tensor) -> bytes:
+    """magic | header length (u32) | JSON header | float32 rows | SHA-256 of all before."""
+    data = rows.to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
+    header = json.dumps({"synonyms": synonyms, "dim": int(rows.shape[1])}).encode()
+    body = _SHARD_MAGIC + struct.pack("<I", len(header)) + header + data
+    return body + hashlib.sha256(body).digest()
+
+
+def _decode_shard(blob: bytes) -> tuple[list[str], torch.Tensor]:
+    """Inverse of ``_encode_shard``; raises ValueError for anything but an intact shard."""
+    body, digest = blob[:-32], blob[-32:]
+    if not body.startswith(_SHARD_MAGIC):
+        raise ValueError("not a text embedding cache file")
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError("checksum mismatch")
+    start = len(_SHARD_MAGIC) + 4
+    (header_length,) = struct.unpack("<I", body[len(_SHARD_MAGIC) : start])
+    header = json.loads(body[start : start + header_length])
+    rows = np.frombuffer(body[start + header_length :], dtype="<f4")
+    synonyms = header["synonyms"]
+    return synonyms, torch.from_numpy(rows.copy()).view(len(synonyms), header["dim"])
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device

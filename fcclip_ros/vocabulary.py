@@ -1,0 +1,321 @@
+"""The open vocabulary: which classes the segmenter looks for, their synonyms and thing/stuff kinds.
+
+Entry syntax (SetVocabulary service, ``vocabulary`` parameter, CLI): ``"name"`` or
+``"name, synonym, ..."``, optionally ending in a kind tag ``[thing]`` or ``[stuff]``, e.g.
+``"sky, clouds [stuff]"``. Synonyms are split as the official code splits them (``", "`` becomes
+``","``, then split on ``","``); whitespace around a synonym is dropped. The first synonym is the
+display name. Without a tag, a class takes the kind of its first synonym that a class of the
+``coco`` preset lists, or failing that a class of the ``ade20k`` preset (the two official
+panoptic vocabularies; the first class listing it wins); a class none of whose synonyms they
+list is a thing. The semantic-only presets (``ade20k_full``, ``pascal_context``,
+``pascal_context_full``, ``pascal_voc``) use that same rule, ``lvis`` is all things as in the
+official demo, the others carry the official flags.
+
+A class is *seen* (trained on) when one of its synonyms is exactly a synonym of the ``coco``
+preset, FC-CLIP's training vocabulary; the geometric ensemble weighs seen and unseen classes
+differently.
+
+``ActiveVocabulary`` holds the vocabulary in force as one immutable snapshot, so a frame loop reads
+classes, embeddings, seen mask and version together without taking a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from fcclip_ros.model.classification import TextClassifier
+
+logger = logging.getLogger(__name__)
+
+PRESETS: tuple[str, ...] = (
+    "coco",
+    "ade20k",
+    "ade20k_full",
+    "cityscapes",
+    "mapillary",
+    "pascal_context",
+    "pascal_context_full",
+    "pascal_voc",
+    "lvis",
+)
+MAX_CLASSES = 65534  # class ids must stay below the labels image's UNLABELED value (65535)
+MAX_ENTRY_CHARS = 1000  # twice the longest official entry (PASCAL VOC's background, 492)
+
+_KIND_TAG = re.compile(r"\s*\[(thing|stuff)\]\s*$", re.IGNORECASE)
+_PRESET_KINDS = {"thing": True, "stuff": False}
+
+
+class VocabularyError(ValueError):
+    """A vocabulary that cannot be used; the message says exactly why."""
+
+
+@dataclass(frozen=True)
+class VocabularyClass:
+    """One class: its synonyms (the first is its name) and whether it is a countable thing."""
+
+    synonyms: tuple[str, ...]
+    is_thing: bool
+
+    @property
+    def name(self) -> str:
+        return self.synonyms[0]
+
+    @property
+    def entry(self) -> str:
+        """The class written as an entry, "name, synonym, ..."."""
+        return ", ".join(self.synonyms)
+
+
+def split_synonyms(text: str) -> tuple[str, ...]:
+    """The official split of "a, b,c" into synonyms, with surrounding whitespace dropped."""
+    return tuple(synonym.strip() for synonym in text.replace(", ", ",").split(","))
+
+
+def parse_entry(entry: str, is_thing: bool | None = None) -> VocabularyClass:
+    """Parse one entry; ``is_thing`` states the kind (a ``[thing]``/``[stuff]`` tag must agree)."""
+    if not isinstance(entry, str):
+        raise VocabularyError(f"entry {entry!r} is not a string")
+    if len(entry) > MAX_ENTRY_CHARS:
+        raise VocabularyError(
+            f"entry {entry[:40]!r}... is {len(entry)} characters long (limit {MAX_ENTRY_CHARS})"
+        )
+    tag = _KIND_TAG.search(entry)
+    if tag is not None:
+        tagged = _PRESET_KINDS[tag.group(1).lower()]
+        if is_thing is not None and is_thing != tagged:
+            raise VocabularyError(f"entry {entry!r} is tagged {tag.group(1)} but stated otherwise")
+        is_thing, entry = tagged, entry[: tag.start()]
+    if not entry.strip():
+        raise VocabularyError("blank entry")
+    synonyms = split_synonyms(entry)
+    if "" in synonyms:
+        raise VocabularyError(
+            f"entry {entry!r} has a blank synonym (number {synonyms.index('') + 1})"
+        )
+    return VocabularyClass(synonyms, infer_is_thing(synonyms) if is_thing is None else is_thing)
+
+
+def infer_is_thing(synonyms: Sequence[str]) -> bool:
+    """The kind of an untagged class: see the module docstring."""
+    kinds = _reference_kinds()
+    return next((kinds[s] for s in synonyms if s in kinds), True)
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """An immutable, validated list of classes; class id i is ``classes[i]``.
+
+    ``preset`` names the built-in list it came from; those are kept verbatim, so only they may
+    repeat a name (the official ADE-847 list has e.g. both "pot" and "pot, flowerpot").
+    """
+
+    classes: tuple[VocabularyClass, ...]
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(self.classes))
+        if self.preset is not None and self.preset not in PRESETS:
+            raise _unknown_preset(self.preset)
+        _validate(self.classes, allow_duplicate_names=self.preset is not None)
+
+    @classmethod
+    def from_entries(
+        cls, entries: Sequence[str], is_thing: Sequence[bool] | None = None
+    ) -> Vocabulary:
+        """Parse user entries; ``is_thing`` optionally states every class's kind."""
+        if isinstance(entries, str):
+            raise VocabularyError("classes must be a list of entries, not a single string")
+        entries = list(entries)
+        _check_count(len(entries))
+        if is_thing is not None and len(is_thing) != len(entries):
+            raise VocabularyError(
+                f"{len(is_thing)} thing/stuff flags given for {len(entries)} classes"
+            )
+        kinds = [None] * len(entries) if is_thing is None else [bool(k) for k in is_thing]
+        classes = []
+        for index, (entry, kind) in enumerate(zip(entries, kinds, strict=True)):
+            try:
+                classes.append(parse_entry(entry, kind))
+            except VocabularyError as error:
+                raise VocabularyError(f"class {index}: {error}") from None
+        return cls(tuple(classes))
+
+    @classmethod
+    def from_preset(cls, name: str) -> Vocabulary:
+        """One of the built-in official vocabularies (see ``PRESETS``)."""
+        if name not in PRESETS:
+            raise _unknown_preset(name)
+        return _load_preset(name)
+
+    @classmethod
+    def from_request(
+        cls, entries: Sequence[str] | None = None, preset: str | None = None
+    ) -> Vocabulary:
+        """The vocabulary a SetVocabulary request asks for: classes or a preset, not both."""
+        if entries and preset:
+            raise VocabularyError("give either classes or a preset, not both")
+        if preset:
+            return cls.from_preset(preset)
+        return cls.from_entries(entries or [])
+
+    def __len__(self) -> int:
+        return len(self.classes)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.classes)
+
+    @property
+    def entries(self) -> tuple[str, ...]:
+        """Every class as "name, synonym, ..." (the Vocabulary message's ``classes``)."""
+        return tuple(c.entry for c in self.classes)
+
+    @property
+    def is_thing(self) -> tuple[bool, ...]:
+        return tuple(c.is_thing for c in self.classes)
+
+    @property
+    def num_synonyms(self) -> int:
+        return sum(len(c.synonyms) for c in self.classes)
+
+    def seen_mask(self) -> tuple[bool, ...]:
+        """Per class: shares a synonym with the COCO training vocabulary (exact string match)."""
+        training = _training_synonyms()
+        return tuple(not training.isdisjoint(c.synonyms) for c in self.classes)
+
+    def summary(self) -> str:
+        """One line for logs and service replies."""
+        things = sum(self.is_thing)
+        source = f"preset {self.preset}" if self.preset else "custom"
+        return (
+            f"{len(self)} classes ({source}): {things} things, {len(self) - things} stuff, "
+            f"{self.num_synonyms} synonyms, {sum(self.seen_mask())} seen in training"
+        )
+
+
+@dataclass(frozen=True)
+class VocabularyState:
+    """Everything a frame needs about the vocabulary, replaced as a whole on every swap."""
+
+    version: int
+    vocabulary: Vocabulary
+    classifier: TextClassifier
+
+
+class ClassifierSource(Protocol):
+    """What ActiveVocabulary needs from a text embedder (TextEmbedder, or a stand-in in tests)."""
+
+    def classifier(self, vocabulary: Vocabulary) -> TextClassifier: ...
+
+
+class ActiveVocabulary:
+    """The vocabulary in force; frame loops read ``current``, services call ``swap``.
+
+    Readers take no lock: ``current`` is one reference to an immutable snapshot, replaced in a
+    single assignment after the new classifier is fully built. Swaps are serialised among
+    themselves, so versions increase by one per successful swap and listeners see them in order.
+    """
+
+    def __init__(self, embedder: ClassifierSource, initial: Vocabulary) -> None:
+        self._embedder = embedder
+        self._swap_lock = threading.Lock()
+        self._listeners: list[Callable[[VocabularyState], None]] = []
+        self._state = VocabularyState(1, initial, embedder.classifier(initial))
+
+    @property
+    def current(self) -> VocabularyState:
+        return self._state
+
+    def add_listener(self, listener: Callable[[VocabularyState], None]) -> None:
+        """Call ``listener(state)`` after every successful swap (e.g. to republish the topic)."""
+        self._listeners.append(listener)
+
+    def swap(
+        self, entries: Sequence[str] | None = None, preset: str | None = None
+    ) -> VocabularyState:
+        """Validate, encode and install a new vocabulary; on any error the old one stays."""
+        return self.replace(Vocabulary.from_request(entries, preset))
+
+    def replace(self, vocabulary: Vocabulary) -> VocabularyState:
+        """Install an already validated vocabulary (see ``swap``)."""
+        with self._swap_lock:
+            try:
+                classifier = self._embedder.classifier(vocabulary)
+            except Exception as error:
+                raise VocabularyError(f"could not encode the vocabulary: {error}") from error
+            self._state = VocabularyState(self._state.version + 1, vocabulary, classifier)
+            for listener in self._listeners:
+                try:
+                    listener(self._state)
+                except Exception:
+                    logger.exception("vocabulary listener %r failed", listener)
+            return self._state
+
+
+def _validate(classes: tuple[VocabularyClass, ...], allow_duplicate_names: bool) -> None:
+    _check_count(len(classes))
+    for index, c in enumerate(classes):
+        if not c.synonyms or any(not s.strip() for s in c.synonyms):
+            raise VocabularyError(f"class {index} has a blank synonym: {c.synonyms!r}")
+        if len(c.entry) > MAX_ENTRY_CHARS:
+            raise VocabularyError(
+                f"class {index} ({c.name!r}) is {len(c.entry)} characters long "
+                f"(limit {MAX_ENTRY_CHARS})"
+            )
+    if allow_duplicate_names:
+        return
+    first_index: dict[str, int] = {}
+    duplicates = []
+    for index, name in enumerate(c.name for c in classes):
+        if name in first_index:
+            duplicates.append(f"{name!r} (classes {first_index[name]} and {index})")
+        first_index.setdefault(name, index)
+    if duplicates:
+        raise VocabularyError("duplicate class names: " + ", ".join(duplicates))
+
+
+def _check_count(count: int) -> None:
+    if count == 0:
+        raise VocabularyError("empty vocabulary: give at least one class or a preset")
+    if count > MAX_CLASSES:
+        raise VocabularyError(f"{count} classes given; at most {MAX_CLASSES} fit the labels image")
+
+
+def _unknown_preset(name: str) -> VocabularyError:
+    return VocabularyError(f"unknown preset {name!r}; known presets: {', '.join(PRESETS)}")
+
+
+@cache
+def _load_preset(name: str) -> Vocabulary:
+    """Read presets/<name>.txt: "thing|stuff<TAB>synonyms" lines, '#' comment lines."""
+    text = (resources.files("fcclip_ros") / "presets" / f"{name}.txt").read_text(encoding="utf-8")
+    classes = []
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            kind, synonyms = line.split("\t")
+            classes.append(VocabularyClass(split_synonyms(synonyms), _PRESET_KINDS[kind]))
+    return Vocabulary(tuple(classes), preset=name)
+
+
+@cache
+def _training_synonyms() -> frozenset[str]:
+    return frozenset(s for c in _load_preset("coco").classes for s in c.synonyms)
+
+
+@cache
+def _reference_kinds() -> dict[str, bool]:
+    """Synonym -> is_thing from the official panoptic vocabularies, COCO first."""
+    kinds: dict[str, bool] = {}
+    for preset in ("coco", "ade20k"):
+        for c in _load_preset(preset).classes:
+            for synonym in c.synonyms:
+                kinds.setdefault(synonym, c.is_thing)
+    return kinds

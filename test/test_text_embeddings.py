@@ -1,0 +1,307 @@
+"""Text classifier: official prompt ensemble, truncated encoding, persistent cache, cheap swaps."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from fcclip_ros.text_embeddings import (
+    TEMPLATES,
+    TextEmbedder,
+    encode_text_truncated,
+    text_tower_fingerprint,
+)
+from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary
+
+TEST_DIR = Path(__file__).parent
+
+# VILD_PROMPT as printed in reference §4 (fcclip/fcclip.py).
+OFFICIAL_TEMPLATES = [
+    "a photo of a {}.",
+    "This is a photo of a {}",
+    "There is a {} in the scene",
+    "There is the {} in the scene",
+    "a photo of a {} in the scene",
+    "a photo of a small {}.",
+    "a photo of a medium {}.",
+    "a photo of a large {}.",
+    "This is a photo of a small {}.",
+    "This is a photo of a medium {}.",
+    "This is a photo of a large {}.",
+    "There is a small {} in the scene.",
+    "There is a medium {} in the scene.",
+    "There is a large {} in the scene.",
+]
+
+SYNONYMS = ["cat", "traffic light", "a rather long name for a very particular kind of object"]
+
+
+def tiny_clip(seed: int, text_cfg: dict | None = None) -> nn.Module:
+    """An open_clip CLIP at random weights: a real text tower layout, small unless text_cfg."""
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg
+
+    torch.manual_seed(seed)
+    text = text_cfg or dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)
+    vision = CLIPVisionCfg(layers=1, width=32, head_width=32, patch_size=16, image_size=32)
+    return CLIP(embed_dim=32, vision_cfg=vision, text_cfg=CLIPTextCfg(**text)).eval()
+
+
+class ByteTower(nn.Module):
+    """A stand-in text tower without open_clip, for subprocesses that must start fast."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.token_embedding = nn.Embedding(256, 8)
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.token_embedding(tokens).mean(dim=1)
+
+
+def byte_tokenizer(texts: list[str]) -> torch.Tensor:
+    return torch.tensor([list(text.encode()[:77].ljust(77, b"\0")) for text in texts])
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    import open_clip
+
+    return open_clip.get_tokenizer("convnext_large_d_320")
+
+
+@pytest.fixture(scope="module")
+def model() -> nn.Module:
+    return tiny_clip(seed=0)
+
+
+def official_classifier(model: nn.Module, tokenizer, synonyms: list[str]) -> torch.Tensor:
+    """FCCLIP.get_text_classifier: chunks of 128 prompts, normalise, mean over 14, normalise."""
+    prompts = [template.format(s) for s in synonyms for template in OFFICIAL_TEMPLATES]
+    with torch.no_grad():
+        features = torch.cat(
+            [
+                model.encode_text(tokenizer(prompts[i : i + 128]))
+                for i in range(0, len(prompts), 128)
+            ]
+        )
+    features /= features.norm(dim=-1, keepdim=True)
+    features = features.reshape(len(synonyms), len(OFFICIAL_TEMPLATES), -1).mean(1)
+    return features / features.norm(dim=-1, keepdim=True)
+
+
+def test_templates_are_the_fourteen_official_ones() -> None:
+    assert list(TEMPLATES) == OFFICIAL_TEMPLATES
+
+
+@pytest.mark.parametrize("pool_type", ["argmax", "eos"])
+def test_truncated_encoding_equals_full_length_encode_text(model, tokenizer, pool_type) -> None:
+    model.text_pool_type, model.text_eos_id = pool_type, 49407
+    prompts = [t.format(s) for s in SYNONYMS for t in OFFICIAL_TEMPLATES] + ["word " * 100]
+    tokens = tokenizer(prompts)
+    try:
+        with torch.no_grad():
+            truncated = encode_text_truncated(model, tokens)
+            full = model.encode_text(tokens)
+    finally:
+        model.text_pool_type = "argmax"
+    assert tokens.shape[1] == 77
+    assert truncated.shape == full.shape
+    assert torch.allclose(truncated, full, rtol=0, atol=1e-5)
+
+
+def test_truncated_encoding_equals_encode_text_on_the_convnext_large_d_320_text_tower(
+    tokenizer,
+) -> None:
+    import open_clip
+
+    text_cfg = open_clip.get_model_config("convnext_large_d_320")["text_cfg"]
+    big = tiny_clip(seed=0, text_cfg=text_cfg)
+    assert sum(p.numel() for n, p in big.named_parameters() if not n.startswith("visual")) > 150e6
+    tokens = tokenizer(["a photo of a cat.", "There is a large traffic light in the scene."])
+    with torch.no_grad():
+        assert torch.allclose(
+            encode_text_truncated(big, tokens), big.encode_text(tokens), rtol=0, atol=1e-5
+        )
+
+
+def test_classifier_equals_official_procedure(model, tokenizer) -> None:
+    vocabulary = Vocabulary.from_entries(["cat, traffic light", "robot arm, manipulator, arm"])
+    classifier = TextEmbedder(model, tokenizer, "tiny", chunk_size=16).classifier(vocabulary)
+    synonyms = ["cat", "traffic light", "robot arm", "manipulator", "arm"]
+    expected = official_classifier(model, tokenizer, synonyms)
+    assert torch.allclose(classifier.embeddings, expected, rtol=0, atol=1e-5)
+    assert torch.allclose(classifier.embeddings.norm(dim=-1), torch.ones(5))
+    assert classifier.class_of_row.tolist() == [0, 0, 1, 1, 1]
+    assert classifier.seen.tolist() == [True, False]
+
+
+def test_swap_back_to_a_cached_vocabulary_encodes_nothing(model, tokenizer, tmp_path) -> None:
+    embedder = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    initial = Vocabulary.from_entries(["car, automobile", "sky, clouds [stuff]", "robot arm"])
+    active = ActiveVocabulary(embedder, initial)
+    first = active.current
+    assert embedder.stats.encoded == len({s for c in first.vocabulary.classes for s in c.synonyms})
+
+    active.swap(["robot arm", "cable, wire"])
+    encoded = embedder.stats.encoded
+    back = active.swap(initial.entries)
+    assert embedder.stats.encoded == encoded
+    assert back.version == 3
+    assert torch.equal(back.classifier.embeddings, first.classifier.embeddings)
+    assert torch.equal(back.classifier.seen, first.classifier.seen)
+
+
+def test_a_new_embedder_reads_everything_from_the_disk_cache(model, tokenizer, tmp_path) -> None:
+    vocabulary = Vocabulary.from_entries(["car, automobile", "sky, clouds", "robot arm"])
+    cold = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    expected = cold.classifier(vocabulary).embeddings
+    warm = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    assert torch.equal(warm.classifier(vocabulary).embeddings, expected)
+    assert warm.stats.encoded == 0
+    assert warm.stats.disk_hits == cold.stats.encoded
+
+
+def _single_shard(embedder: TextEmbedder) -> Path:
+    (shard,) = embedder.cache_path.glob("*.emb")
+    return shard
+
+
+@pytest.mark.parametrize("damage", ["truncated", "flipped byte", "empty", "foreign"])
+def test_a_damaged_cache_file_is_detected_and_rebuilt(
+    model, tokenizer, tmp_path, caplog, damage: str
+) -> None:
+    cold = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    expected = cold.embed(SYNONYMS)
+    shard = _single_shard(cold)
+    blob = bytearray(shard.read_bytes())
+    if damage == "truncated":
+        blob = blob[: len(blob) // 2]
+    elif damage == "flipped byte":
+        blob[len(blob) // 2] ^= 0x01
+    elif damage == "empty":
+        blob = bytearray()
+    else:
+        blob = bytearray(b"not an embedding file" * 10)
+    shard.write_bytes(bytes(blob))
+
+    rebuilt = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    with caplog.at_level(logging.WARNING, logger="fcclip_ros.text_embeddings"):
+        rows = rebuilt.embed(SYNONYMS)
+    assert "damaged" in caplog.text and shard.name in caplog.text
+    assert rebuilt.stats.corrupt_files == 1
+    assert rebuilt.stats.encoded == len(SYNONYMS)
+    assert torch.allclose(rows, expected, rtol=0, atol=1e-6)
+    assert not shard.exists()
+
+    again = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    again.embed(SYNONYMS)
+    assert (again.stats.encoded, again.stats.corrupt_files) == (0, 0)
+
+
+def test_an_unfinished_write_is_ignored(model, tokenizer, tmp_path, caplog) -> None:
+    cold = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    cold.embed(SYNONYMS)
+    (cold.cache_path / ".crashed-writer.tmp").write_bytes(b"half a shard")
+    warm = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    with caplog.at_level(logging.WARNING):
+        warm.embed(SYNONYMS)
+    assert (warm.stats.encoded, warm.stats.corrupt_files) == (0, 0)
+    assert caplog.text == ""
+
+
+def test_an_unusable_cache_directory_degrades_to_memory(model, tokenizer, tmp_path, caplog):
+    blocker = tmp_path / "not a directory"
+    blocker.write_text("")
+    embedder = TextEmbedder(model, tokenizer, "tiny", blocker)
+    with caplog.at_level(logging.WARNING, logger="fcclip_ros.text_embeddings"):
+        rows = embedder.embed(SYNONYMS)
+        assert torch.equal(embedder.embed(SYNONYMS), rows)
+    assert "unusable" in caplog.text
+    assert (embedder.stats.encoded, embedder.stats.memory_hits) == (len(SYNONYMS), len(SYNONYMS))
+
+
+def test_a_text_tower_with_other_weights_does_not_reuse_the_cache(tokenizer, tmp_path) -> None:
+    first = TextEmbedder(tiny_clip(seed=0), tokenizer, "tiny", tmp_path)
+    rows = first.embed(SYNONYMS)
+    other = TextEmbedder(tiny_clip(seed=1), tokenizer, "tiny", tmp_path)
+    assert other.fingerprint != first.fingerprint
+    assert other.cache_path != first.cache_path
+    assert not torch.allclose(other.embed(SYNONYMS), rows)
+    assert other.stats.encoded == len(SYNONYMS) and other.stats.disk_hits == 0
+
+
+def test_the_cache_key_names_the_model_and_ignores_the_image_tower(model, tokenizer) -> None:
+    fingerprint = text_tower_fingerprint(model)
+    changed = tiny_clip(seed=0)
+    with torch.no_grad():
+        next(changed.visual.parameters()).add_(1.0)
+        changed.logit_scale.add_(1.0)
+    assert text_tower_fingerprint(changed) == fingerprint
+    with torch.no_grad():
+        changed.ln_final.bias.add_(1e-3)
+    assert text_tower_fingerprint(changed) != fingerprint
+    a = TextEmbedder(model, tokenizer, "tiny", "cache").cache_path
+    b = TextEmbedder(model, tokenizer, "other/name", "cache").cache_path
+    assert a.parent == b.parent == Path("cache")
+    assert a.name.startswith("tiny-") and b.name.startswith("other_name-")
+    assert a.name.split("-")[1] != b.name.split("-")[1]
+
+
+WRITER = """
+import json, sys, time
+from pathlib import Path
+sys.path.insert(0, {test_dir!r})
+from fcclip_ros.text_embeddings import TextEmbedder
+from test_text_embeddings import ByteTower, byte_tokenizer
+
+cache, name = Path({cache!r}), {name!r}
+embedder = TextEmbedder(ByteTower(), byte_tokenizer, "bytes", cache)
+(cache / f"ready-{{name}}").touch()
+while not (cache / "go").exists():
+    time.sleep(0.01)
+for i in range({count}):
+    embedder.embed([f"{{name}} thing {{i}}", "shared thing"])
+print(json.dumps(vars(embedder.stats)))
+"""
+
+
+def test_concurrent_writer_processes_leave_a_readable_cache(tmp_path) -> None:
+    count = 24  # more shards than the merge threshold: both processes also merge concurrently
+    writers = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                WRITER.format(test_dir=str(TEST_DIR), cache=str(tmp_path), name=name, count=count),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name in ("left", "right")
+    ]
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"ready-{n}").exists() for n in ("left", "right")):
+        assert time.monotonic() < deadline and all(w.poll() is None for w in writers)
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
+    for writer in writers:
+        out, err = writer.communicate(timeout=120)
+        assert writer.returncode == 0, err
+        assert json.loads(out)["corrupt_files"] == 0, err
+
+    synonyms = [f"{n} thing {i}" for n in ("left", "right") for i in range(count)]
+    synonyms.append("shared thing")
+    reader = TextEmbedder(ByteTower(), byte_tokenizer, "bytes", tmp_path)
+    rows = reader.embed(synonyms)
+    assert (reader.stats.encoded, reader.stats.corrupt_files) == (0, 0)
+    expected = TextEmbedder(ByteTower(), byte_tokenizer, "bytes").embed(synonyms)
+    assert torch.allclose(rows, expected, rtol=0, atol=1e-6)
