@@ -1,0 +1,136 @@
+"""The ROS side of the `fcclip-ros` command: run the node, set or get its vocabulary.
+
+Lets a user without the `ros2` command line (e.g. a pip-only install) start the node and change
+what it looks for; inside a ROS install `ros2 run` / `ros2 service call` do the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+DEFAULT_TIMEOUT_S = 60.0  # a swap to a large uncached vocabulary encodes for a while on a CPU
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Add `run`, `set-vocabulary` and `get-vocabulary`, each with a `func(args) -> int`."""
+    run = subparsers.add_parser(
+        "run",
+        help="start the segmenter node (what `ros2 run fcclip_ros segmenter` starts)",
+        description="Start the FC-CLIP segmenter node; stop it with Ctrl-C.",
+    )
+    run.add_argument("--params-file", type=Path, help="ROS 2 parameter YAML (config/segment.yaml)")
+    run.add_argument(
+        "--ros-args",
+        dest="ros_args",
+        nargs=argparse.REMAINDER,
+        default=[],
+        help="everything after it goes to ROS, e.g. --ros-args -p model:=rn50 -r __ns:=/robot",
+    )
+    run.set_defaults(func=_run)
+
+    set_vocabulary = subparsers.add_parser(
+        "set-vocabulary",
+        help="replace the running node's vocabulary",
+        description='Replace the vocabulary: classes "name" or "name, synonym, ..." (an optional'
+        " [thing] or [stuff] tag at the end), or a built-in preset.",
+    )
+    set_vocabulary.add_argument("classes", nargs="*", help='e.g. "cup, mug" table "floor [stuff]"')
+    set_vocabulary.add_argument("--preset", default="", help="coco, ade20k, cityscapes, lvis, ...")
+    _add_service_options(set_vocabulary)
+    set_vocabulary.set_defaults(func=_set_vocabulary)
+
+    get_vocabulary = subparsers.add_parser(
+        "get-vocabulary", help="print the running node's vocabulary and its version"
+    )
+    _add_service_options(get_vocabulary)
+    get_vocabulary.set_defaults(func=_get_vocabulary)
+
+
+def _add_service_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--namespace", default="/", help="the node's namespace (default /, so /set_vocabulary)"
+    )
+    parser.add_argument(
+        "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for the answer"
+    )
+
+
+def _run(args: argparse.Namespace) -> int:
+    from fcclip_ros.node import run
+
+    ros_args = ["--ros-args"]
+    if args.params_file is not None:
+        if not args.params_file.is_file():
+            print(f"fcclip-ros run: no such parameter file: {args.params_file}", file=sys.stderr)
+            return 2
+        ros_args += ["--params-file", str(args.params_file)]
+    return run(["fcclip-ros", *ros_args, *args.ros_args])
+
+
+def _call(args: argparse.Namespace, service_type: Any, name: str, request: Any) -> Any:
+    """Call the node's service once; None (with the reason printed) when no answer came."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+
+    service = f"{args.namespace.rstrip('/')}/{name}"
+    context = rclpy.Context()
+    rclpy.init(args=[], context=context)
+    node = rclpy.create_node("fcclip_ros_cli", context=context, start_parameter_services=False)
+    try:
+        client = node.create_client(service_type, service)
+        if not client.wait_for_service(timeout_sec=min(args.timeout, 10.0)):
+            print(
+                f"no service {service}: is the node running, in this ROS_DOMAIN_ID and namespace?",
+                file=sys.stderr,
+            )
+            return None
+        future = client.call_async(request)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(node)
+        executor.spin_until_future_complete(future, timeout_sec=args.timeout)
+        if not future.done():
+            print(f"{service} did not answer within {args.timeout:g} s", file=sys.stderr)
+            return None
+        return future.result()
+    finally:
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def _print_classes(classes: list[str], is_thing: list[bool] | None = None) -> None:
+    for class_id, entry in enumerate(classes):
+        kind = "" if is_thing is None else ("thing " if is_thing[class_id] else "stuff ")
+        print(f"{class_id:6d}  {kind}{entry}")
+
+
+def _set_vocabulary(args: argparse.Namespace) -> int:
+    from fcclip_ros.srv import SetVocabulary
+
+    if bool(args.classes) == bool(args.preset):
+        print("set-vocabulary: give classes or --preset NAME (one of the two)", file=sys.stderr)
+        return 2
+    request = SetVocabulary.Request(classes=list(args.classes), preset=args.preset)
+    response = _call(args, SetVocabulary, "set_vocabulary", request)
+    if response is None:
+        return 1
+    if not response.success:
+        reason = f"refused: {response.message} (vocabulary v{response.version} stays)"
+        print(reason, file=sys.stderr)
+        return 1
+    print(response.message)
+    _print_classes(list(response.classes))
+    return 0
+
+
+def _get_vocabulary(args: argparse.Namespace) -> int:
+    from fcclip_ros.srv import GetVocabulary
+
+    response = _call(args, GetVocabulary, "get_vocabulary", GetVocabulary.Request())
+    if response is None:
+        return 1
+    print(f"vocabulary v{response.version}: {len(response.classes)} classes")
+    _print_classes(list(response.classes), list(response.is_thing))
+    return 0

@@ -1,0 +1,275 @@
+"""Every encoding a camera driver sends becomes the right RGB pixels, or a precise error."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import skimage.data
+
+from fcclip_ros import image_conversion
+from fcclip_ros.image_conversion import (
+    SUPPORTED_ENCODINGS,
+    ImageConversionError,
+    compressed_to_rgb,
+    fill_image,
+    image_to_rgb,
+)
+
+RGB = np.ascontiguousarray(skimage.data.astronaut()[::8, ::8])  # (64, 64, 3) real photo
+
+
+def message(pixels: np.ndarray, encoding: str, *, padding: int = 0, big_endian: bool = False):
+    """An Image-like object holding `pixels` (H, W[, C]) with `padding` spare bytes per row."""
+    pixels = pixels.astype(pixels.dtype.newbyteorder(">" if big_endian else "<"))
+    rows = pixels.reshape(pixels.shape[0], -1).view(np.uint8)
+    padded = np.pad(rows, ((0, 0), (0, padding)), constant_values=0xAB)
+    return SimpleNamespace(
+        height=pixels.shape[0],
+        width=pixels.shape[1],
+        encoding=encoding,
+        is_bigendian=int(big_endian),
+        step=padded.shape[1],
+        data=padded.tobytes(),
+    )
+
+
+def gray(rgb: np.ndarray) -> np.ndarray:
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+
+
+def to_16bit(pixels: np.ndarray) -> np.ndarray:
+    return pixels.astype(np.uint16) * 257  # 0..255 -> 0..65535 full scale
+
+
+@pytest.fixture(autouse=True)
+def numpy_path(monkeypatch):
+    """These tests check our NumPy conversions whether or not cv_bridge is installed."""
+    monkeypatch.setattr(image_conversion, "_BRIDGE", None)
+
+
+@pytest.mark.parametrize(
+    ("encoding", "pixels"),
+    [
+        ("rgb8", RGB),
+        ("bgr8", RGB[..., ::-1]),
+        ("8UC3", RGB[..., ::-1]),
+        ("rgba8", np.dstack([RGB, np.full(RGB.shape[:2], 7, np.uint8)])),
+        ("bgra8", np.dstack([RGB[..., ::-1], np.full(RGB.shape[:2], 7, np.uint8)])),
+        ("8UC4", np.dstack([RGB[..., ::-1], np.full(RGB.shape[:2], 7, np.uint8)])),
+        ("rgb16", to_16bit(RGB)),
+        ("bgr16", to_16bit(RGB[..., ::-1])),
+        ("16UC3", to_16bit(RGB[..., ::-1])),
+        ("rgba16", to_16bit(np.dstack([RGB, RGB[..., :1]]))),
+        ("bgra16", to_16bit(np.dstack([RGB[..., ::-1], RGB[..., :1]]))),
+    ],
+)
+@pytest.mark.parametrize("padding", [0, 6])
+def test_colour_encodings_give_the_exact_rgb_pixels(encoding, pixels, padding):
+    converted = image_to_rgb(message(np.ascontiguousarray(pixels), encoding, padding=padding))
+    assert converted.dtype == np.uint8 and converted.shape == RGB.shape
+    np.testing.assert_array_equal(converted, RGB)
+
+
+@pytest.mark.parametrize("encoding", ["mono8", "8UC1", "mono16", "16UC1"])
+@pytest.mark.parametrize("big_endian", [False, True])
+def test_grey_encodings_repeat_the_grey_value_in_all_channels(encoding, big_endian):
+    grey = gray(RGB)
+    pixels = to_16bit(grey) if "16" in encoding else grey
+    converted = image_to_rgb(message(pixels, encoding, padding=2, big_endian=big_endian))
+    np.testing.assert_array_equal(converted, np.dstack([grey] * 3))
+
+
+def test_big_endian_16_bit_is_read_most_significant_byte_first():
+    value = np.array([[0x00FF, 0xFF00, 0xFFFF]], dtype=np.uint16)
+    expected = [1, 254, 255]  # round(v * 255 / 65535); a swapped byte order would give 254, 1
+    for big_endian in (True, False):
+        converted = image_to_rgb(message(value, "mono16", big_endian=big_endian))
+        assert converted[0, :, 0].tolist() == expected
+
+
+def bt601_yuv(rgb: np.ndarray) -> np.ndarray:
+    """RGB -> video-range BT.601 Y, U, V planes (what YUV 4:2:2 cameras send)."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    return np.clip(np.rint(np.stack([y, u, v], -1)), 0, 255).astype(np.uint8)
+
+
+def pack_422(rgb: np.ndarray, order: str) -> np.ndarray:
+    """Pack as 4:2:2 with chroma of pixel pairs averaged; `order` is "uyvy" or "yuyv"."""
+    yuv = bt601_yuv(rgb)
+    chroma = yuv[:, 0::2, 1:].astype(np.uint16) + yuv[:, 1::2, 1:]
+    chroma = (chroma // 2).astype(np.uint8)  # (H, W/2, [U, V])
+    out = np.empty((*rgb.shape[:2], 2), np.uint8)
+    luma_channel = 1 if order == "uyvy" else 0
+    out[..., luma_channel] = yuv[..., 0]
+    out[:, 0::2, 1 - luma_channel] = chroma[..., 0]
+    out[:, 1::2, 1 - luma_channel] = chroma[..., 1]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("encoding", "order"),
+    [("yuv422", "uyvy"), ("uyvy", "uyvy"), ("yuv422_yuy2", "yuyv"), ("yuyv", "yuyv")],
+)
+def test_yuv422_byte_orders_decode_to_the_original_colours(encoding, order):
+    flat = np.repeat(RGB[:, ::2], 2, axis=1)  # equal pixel pairs, so 4:2:2 loses no chroma
+    converted = image_to_rgb(message(pack_422(flat, order), encoding, padding=4))
+    assert np.abs(converted.astype(int) - flat).max() <= 4
+
+
+def mosaic(rgb: np.ndarray, pattern: str) -> np.ndarray:
+    """Sample one channel per pixel in the 2x2 `pattern` (e.g. "rggb"), as a Bayer sensor does."""
+    out = np.empty(rgb.shape[:2], rgb.dtype)
+    for index, colour in enumerate(pattern):
+        row, col = divmod(index, 2)
+        out[row::2, col::2] = rgb[row::2, col::2, "rgb".index(colour)]
+    return out
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+@pytest.mark.parametrize("bits", [8, 16])
+def test_bayer_patterns_demosaic_flat_colours_exactly(pattern, bits):
+    colours = np.array([[200, 40, 90], [10, 220, 60], [30, 70, 250], [120, 120, 20]], np.uint8)
+    flat = np.repeat(np.repeat(colours.reshape(2, 2, 3), 16, axis=0), 16, axis=1)  # 32x32 blocks
+    raw = mosaic(flat, pattern)
+    raw = to_16bit(raw) if bits == 16 else raw
+    converted = image_to_rgb(message(raw, f"bayer_{pattern}{bits}"))
+    inner = (slice(4, 12), slice(4, 12))  # away from block edges and the border
+    for block_row in range(2):
+        for block_col in range(2):
+            rows = slice(block_row * 16 + inner[0].start, block_row * 16 + inner[0].stop)
+            cols = slice(block_col * 16 + inner[1].start, block_col * 16 + inner[1].stop)
+            expected = colours[block_row * 2 + block_col]
+            assert np.abs(converted[rows, cols].astype(int) - expected).max() <= 1, pattern
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"encoding": "32FC1"}, "unsupported encoding '32FC1'"),
+        ({"encoding": "bogus"}, "unsupported encoding 'bogus'"),
+        ({"height": 0}, "zero size"),
+        ({"width": 0}, "zero size"),
+        ({"step": 100}, "step 100 is shorter than a row of 64 rgb8 pixels (192 bytes)"),
+        ({"data": bytes(1000)}, "data has 1000 bytes, step*height needs 192*64 = 12288"),
+        ({"encoding": "yuv422", "width": 63, "step": 192}, "needs an even width, got 63"),
+    ],
+)
+def test_unusable_images_raise_a_precise_reason(change, reason):
+    msg = message(RGB, "rgb8")
+    for field, value in change.items():
+        setattr(msg, field, value)
+    with pytest.raises(ImageConversionError) as error:
+        image_to_rgb(msg)
+    assert reason in str(error.value)
+
+
+def test_data_longer_than_step_times_height_is_accepted():
+    msg = message(RGB, "rgb8")
+    msg.data += bytes(10)
+    np.testing.assert_array_equal(image_to_rgb(msg), RGB)
+
+
+def test_every_supported_encoding_converts_a_valid_message():
+    for encoding in SUPPORTED_ENCODINGS:
+        layout = image_conversion._LAYOUTS[encoding]
+        shape = (8, 8, layout.channels)
+        dtype = np.uint16 if layout.bytes_per_channel == 2 else np.uint8
+        converted = image_to_rgb(message(np.zeros(shape, dtype), encoding))
+        assert converted.shape == (8, 8, 3) and converted.dtype == np.uint8, encoding
+
+
+def compressed(pixels_bgr: np.ndarray, extension: str):
+    ok, data = cv2.imencode(extension, pixels_bgr)
+    assert ok
+    return SimpleNamespace(format=extension[1:], data=data.tobytes())
+
+
+def test_png_compressed_images_decode_losslessly_in_rgb_order():
+    np.testing.assert_array_equal(compressed_to_rgb(compressed(RGB[..., ::-1], ".png")), RGB)
+    grey = gray(RGB)
+    np.testing.assert_array_equal(
+        compressed_to_rgb(compressed(to_16bit(grey), ".png")), np.dstack([grey] * 3)
+    )
+
+
+def test_jpeg_compressed_images_decode_close_to_the_original():
+    decoded = compressed_to_rgb(compressed(RGB[..., ::-1], ".jpg"))
+    assert decoded.shape == RGB.shape
+    assert np.abs(decoded.astype(int) - RGB).mean() < 6  # lossy, but in RGB order
+
+
+@pytest.mark.parametrize(
+    ("msg", "reason"),
+    [
+        (SimpleNamespace(format="jpeg", data=b""), "no data"),
+        (SimpleNamespace(format="jpeg", data=b"\xff\xd8 not really a jpeg"), "could not decode"),
+        (SimpleNamespace(format="16UC1; compressedDepth png", data=b"x"), "depth image"),
+    ],
+)
+def test_unusable_compressed_images_raise_a_precise_reason(msg, reason):
+    with pytest.raises(ImageConversionError, match=reason):
+        compressed_to_rgb(msg)
+
+
+def test_truncated_jpeg_is_refused_or_decoded_but_never_crashes():
+    data = compressed(RGB[..., ::-1], ".jpg").data
+    try:
+        decoded = compressed_to_rgb(SimpleNamespace(format="jpeg", data=data[: len(data) // 2]))
+    except ImageConversionError:
+        return
+    assert decoded.shape == RGB.shape  # libjpeg may pad a truncated stream with grey
+
+
+@pytest.mark.parametrize(
+    ("encoding", "pixels"),
+    [
+        ("mono16", np.arange(12, dtype=np.uint16).reshape(3, 4) * 5000),
+        ("32FC1", np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4)),
+        ("rgb8", RGB),
+    ],
+)
+def test_published_images_round_trip_through_the_message_fields(encoding, pixels):
+    msg = fill_image(SimpleNamespace(header="kept"), pixels, encoding)
+    assert (msg.header, msg.encoding) == ("kept", encoding)
+    assert (msg.height, msg.width) == pixels.shape[:2]
+    assert msg.step * msg.height == len(msg.data)
+    dtype = pixels.dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    decoded = np.frombuffer(msg.data, dtype=dtype).reshape(pixels.shape)
+    np.testing.assert_array_equal(decoded, pixels)
+    if encoding == "rgb8":
+        np.testing.assert_array_equal(image_to_rgb(msg), pixels)
+
+
+def test_published_images_refuse_a_wrong_shape_or_encoding():
+    with pytest.raises(ValueError, match="1 channel"):
+        fill_image(SimpleNamespace(), RGB, "mono16")
+    with pytest.raises(ValueError, match="cannot publish"):
+        fill_image(SimpleNamespace(), RGB, "bgr8")
+
+
+def test_cv_bridge_converts_when_installed_after_our_geometry_checks(monkeypatch):
+    calls = []
+
+    class FakeBridge:
+        def imgmsg_to_cv2(self, msg, desired_encoding):
+            calls.append(desired_encoding)
+            if msg.encoding == "yuyv":
+                raise RuntimeError("conversion not supported")
+            return RGB
+
+    monkeypatch.setattr(image_conversion, "_BRIDGE", FakeBridge())
+    np.testing.assert_array_equal(image_to_rgb(message(RGB[..., ::-1], "bgr8")), RGB)
+    assert calls == ["rgb8"]
+    bad_step = message(RGB, "rgb8")
+    bad_step.step = 3
+    with pytest.raises(ImageConversionError, match="step 3"):
+        image_to_rgb(bad_step)
+    assert calls == ["rgb8"]  # refused before cv_bridge saw it
+    with pytest.raises(ImageConversionError, match="cv_bridge could not convert yuyv"):
+        image_to_rgb(message(pack_422(RGB, "yuyv"), "yuyv"))
