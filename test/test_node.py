@@ -434,11 +434,23 @@ def test_command_line_gets_and_sets_the_vocabulary_of_the_running_node(peer, cap
 
 def test_random_weights_are_announced_loudly(peer, node):
     assert "RANDOM weights" in node.output() and "MEANINGLESS" in node.output()
-    assert peer.spin_until(lambda: bool(peer.diagnostics))
-    [engine] = [s for s in peer.diagnostics[-1].status if s.name == "fcclip: engine"]
-    assert engine.level == engine.WARN and "RANDOM" in engine.message
-    values = {kv.key: kv.value for kv in engine.values}
-    assert values["device"] == "cpu" and int(values["vocabulary_size"]) == 133
+    in_force = peer.get_vocabulary()  # earlier tests in this module may have swapped it
+
+    def engine_values() -> dict[str, str]:
+        for array in reversed(peer.diagnostics):
+            for status in array.status:
+                if status.name == "fcclip: engine":
+                    assert status.level == status.WARN and "RANDOM" in status.message
+                    return {kv.key: kv.value for kv in status.values}
+        return {}
+
+    # Diagnostics come at 1 Hz: wait for one that reports the vocabulary now in force.
+    assert peer.spin_until(
+        lambda: engine_values().get("vocabulary_version") == str(in_force.version)
+    )
+    values = engine_values()
+    assert values["device"] == "cpu"
+    assert int(values["vocabulary_size"]) == len(in_force.classes)
 
 
 @pytest.fixture
