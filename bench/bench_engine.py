@@ -101,13 +101,13 @@ def _model_gflops(result: dict) -> float:
 def print_table(results: list[dict], size: str) -> None:
     print(f"\nFC-CLIP per stage at {size}, CPU, fp32, {results[0]['threads']} threads "
           "(median seconds / GFLOPs; post-processing FLOPs are not counted)")
-    names = [r["model"] for r in results]
-    print(f"{'stage':38s}" + "".join(f"{n + ' s':>16s}{n + ' GFLOP':>20s}" for n in names))
+    header = "".join(f" | {r['model'] + ' s':>20s} | {r['model'] + ' GFLOP':>20s}" for r in results)
+    print(f"{'stage':38s}{header}")
     for stage in results[0]["seconds"]:
-        row = "".join(f"{r['seconds'][stage]:16.3f}{r['gflops'][stage]:20.1f}" for r in results)
+        row = "".join(f" | {r['seconds'][stage]:20.3f} | {r['gflops'][stage]:20.1f}"
+                      for r in results)
         print(f"{stage:38s}{row}")
-    total = "".join(f"{r['total_seconds']:16.3f}{_model_gflops(r):20.1f}"
-                    for r in results)
+    total = "".join(f" | {r['total_seconds']:20.3f} | {_model_gflops(r):20.1f}" for r in results)
     print(f"{'total per frame':38s}{total}")
     print("peak memory (RSS, GB): " + ", ".join(f"{r['model']} {r['peak_rss_gb']:.2f}"
                                                  for r in results))
