@@ -275,6 +275,7 @@ class _Camera:
         self._lock = threading.Lock()
         self._frame: Any = None  # the newest message not yet taken by the worker
         self.received = self.skipped = self.processed = self.malformed = 0
+        self.overlays = self.confidence_maps = 0  # computed only while someone subscribes
         self.arrivals, self.outputs = _Meter(), _Meter()
         self.inference_s, self.age_s = _Meter(), _Meter()
         self.last_arrival: float | None = None
@@ -591,9 +592,11 @@ class SegmenterNode(Node):
         camera.instances.publish(_image(header, result.instances, "mono16"))
         if result.confidence is not None and camera.confidence.get_subscription_count() > 0:
             camera.confidence.publish(_image(header, result.confidence, "32FC1"))
+            camera.confidence_maps += 1
         if camera.overlay.get_subscription_count() > 0:
             overlay = draw_overlay(rgb, result.instances, result.segments, self._style)
             camera.overlay.publish(_image(header, overlay, "rgb8"))
+            camera.overlays += 1
         camera.segments.publish(segments_message(header, result))
         camera.processed += 1
         camera.outputs.add()
@@ -633,6 +636,8 @@ class SegmenterNode(Node):
             "frames_processed": str(camera.processed),
             "frames_skipped": str(camera.skipped),
             "frames_malformed": str(camera.malformed),
+            "overlays_drawn": str(camera.overlays),
+            "confidence_maps_published": str(camera.confidence_maps),
         }
         return DiagnosticStatus(
             level=level,

@@ -214,6 +214,33 @@ def frame_counters(peer, camera: str) -> dict[str, int]:
     return {k: int(v) for k, v in status.items() if k.startswith("frames_")}
 
 
+def output_counters(peer, camera: str) -> dict[str, int]:
+    """Frames processed, overlays drawn and confidence maps published, from fresh diagnostics."""
+    seen = len(peer.diagnostics)
+    assert peer.spin_until(lambda: len(peer.diagnostics) > seen, 5.0), "no diagnostics"
+    status = peer.camera_status(camera)
+    keys = ("frames_processed", "overlays_drawn", "confidence_maps_published")
+    return {key: int(status[key]) for key in keys}
+
+
+def test_overlay_and_confidence_are_computed_only_while_someone_subscribes(peer, subscribe):
+    without = subscribe(OUTPUTS_B, images=["labels"])
+    peer.spin_for(1.0)  # let earlier tests' overlay/confidence subscriptions unmatch
+    before = output_counters(peer, CAMERA_B)
+    for _ in range(3):
+        peer.publish_until_complete(without, CAMERA_B, rgb_frame, ["segments", "labels"])
+    after = output_counters(peer, CAMERA_B)
+    assert after["frames_processed"] >= before["frames_processed"] + 3
+    assert after["overlays_drawn"] == before["overlays_drawn"]
+    assert after["confidence_maps_published"] == before["confidence_maps_published"]
+
+    with_both = subscribe(OUTPUTS_B, images=["overlay", "confidence"])
+    peer.publish_until_complete(with_both, CAMERA_B, rgb_frame, ["overlay", "confidence"])
+    later = output_counters(peer, CAMERA_B)
+    assert later["overlays_drawn"] > after["overlays_drawn"]
+    assert later["confidence_maps_published"] > after["confidence_maps_published"]
+
+
 def test_two_cameras_at_different_rates_are_served_fairly_from_their_own_frames(peer, subscribe):
     out_a = subscribe(OUTPUTS_A, images=[])
     out_b = subscribe(OUTPUTS_B, images=[])
