@@ -51,6 +51,10 @@ class EngineError(RuntimeError):
     """The engine cannot be built or cannot run as configured; the message says why."""
 
 
+class EngineInterruptedError(EngineError):
+    """`Engine.interrupt()` was called: the frame in flight was dropped between two blocks."""
+
+
 @dataclass(frozen=True)
 class EngineConfig:
     """How to build an engine; the fields mirror the node's parameters."""
@@ -152,6 +156,23 @@ def _checkpoint_file(config: EngineConfig) -> Path | None:
     return path
 
 
+def _stop_point(interrupted: threading.Event) -> None:
+    if interrupted.is_set():
+        raise EngineInterruptedError("the engine was interrupted (shutting down)")
+
+
+def _add_stop_points(model: torch.nn.Module, interrupted: threading.Event) -> None:
+    """A check before every block of every stage (each member of a Sequential or ModuleList), so
+    that interrupt() ends even a multi-second CPU forward within one block's time."""
+    def check(_module: torch.nn.Module, _inputs: tuple) -> None:
+        _stop_point(interrupted)
+
+    for container in model.modules():
+        if isinstance(container, (torch.nn.Sequential, torch.nn.ModuleList)):
+            for block in container:
+                block.register_forward_pre_hook(check)
+
+
 class Engine:
     """FC-CLIP with a swappable vocabulary. Thread-safe: one frame loop, any number of swappers."""
 
@@ -177,6 +198,8 @@ class Engine:
                            "masks and labels are meaningless", config.weights, config.clip_weights)
         self.model = model.to(self.device).eval()
         self._run_lock = threading.Lock()  # one forward at a time; swaps never take it
+        self._interrupted = threading.Event()
+        _add_stop_points(self.model, self._interrupted)
 
         cache_dir = Path(config.cache_dir or default_cache_dir()) / "text_embeddings"
         name = variant.clip_model_name
@@ -197,6 +220,11 @@ class Engine:
             raise EngineError(f"initial vocabulary: {error}") from error
         self.vocabulary = ActiveVocabulary(embedder, initial)
         self._is_thing: tuple[int, torch.Tensor] | None = None  # (version, flags on device)
+
+    def interrupt(self) -> None:
+        """Stop the frame in flight at the next network block or post-processed image, and
+        refuse later ones (EngineInterruptedError): a prompt shutdown whatever the model's speed."""
+        self._interrupted.set()
 
     @property
     def thresholds(self) -> tuple[float, float]:
@@ -238,6 +266,7 @@ class Engine:
             padded_size = tuple(batch.tensor.shape[-2:])
             results = []
             for i in range(len(batch)):
+                _stop_point(self._interrupted)
                 masks = masks_to_original(mask_logits[i], padded_size, batch.resized_sizes[i],
                                           batch.original_sizes[i])
                 if self.mode == "panoptic":
