@@ -29,8 +29,8 @@ from sensor_msgs.msg import Image
 
 from fcclip_ros.image_conversion import fill_image
 from fcclip_ros.msg import SegmentArray, Vocabulary
-from fcclip_ros.node import output_namespace
 from fcclip_ros.srv import SetVocabulary
+from fcclip_ros.topics import output_namespace
 
 # What the watcher swaps to half-way, to show a runtime vocabulary change.
 SECOND_VOCABULARY = ("cat, kitten", "dog", "astronaut", "spoon", "building [stuff]", "sky [stuff]")

@@ -6,18 +6,32 @@
 
 One node serves every camera in image_topics (one model in memory, round-robin over the
 cameras' newest frames). Launch arguments left empty keep the params file's value, so a
-params file is never silently overridden by a launch default. rclpy nodes cannot be composed
+params file is never silently overridden by a launch default. With rviz:=true, RViz shows the
+overlay of every camera the node subscribes to, in its namespace. rclpy nodes cannot be composed
 into a container (ros2/rclpy#575): each image crosses a process boundary once, as a copy.
 """
+
+import atexit
+import difflib
+import os
+import tempfile
 
 import yaml
 from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
-from launch.conditions import IfCondition
+from launch.logging import get_logger
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from fcclip_ros.topics import (
+    DEFAULT_IMAGE_TOPICS,
+    image_topics_in_params_file,
+    parse_topic_list,
+    rviz_config,
+)
+
+NODE_NAME = "fcclip"
 # Launch argument -> node parameter; empty means "as in the params file".
 OVERRIDES = {
     "image_topics": "camera topic, or a YAML list of topics, e.g. [/front/image, /rear/image]",
@@ -27,64 +41,115 @@ OVERRIDES = {
     "device": "auto | cpu | cuda | cuda:N",
     "input_short_side": "short side the network sees, e.g. 480 for speed",
 }
+OTHER_ARGUMENTS = {
+    "image_topic": "one camera topic (same as image_topics:=<topic>)",
+    "namespace": "the node's namespace",
+    "use_sim_time": "true when replaying a bag",
+    "log_level": "the node's log level",
+    "rviz": "also open RViz on the overlay of every camera",
+}
+
+
+def _argument(context, name: str) -> str:
+    return LaunchConfiguration(name).perform(context).strip()
+
+
+def _image_topics(context) -> list[str] | None:
+    """The cameras the launch arguments name (image_topics wins over image_topic), if any."""
+    for name in ("image_topics", "image_topic"):
+        if _argument(context, name):
+            return parse_topic_list(_argument(context, name))
+    return None
 
 
 def _parameter_overrides(context) -> dict:
     """The launch arguments that were given, as typed parameter values."""
     overrides = {}
     for name in OVERRIDES:
-        text = LaunchConfiguration(name).perform(context).strip()
-        if not text:
+        text = _argument(context, name)
+        if not text or name == "image_topics":
             continue
-        if name == "image_topics":
-            topics = yaml.safe_load(text)
-            overrides[name] = [str(t) for t in topics] if isinstance(topics, list) else [text]
-        elif name == "input_short_side":
-            overrides[name] = int(text)
-        else:
-            overrides[name] = text
-    overrides["use_sim_time"] = LaunchConfiguration("use_sim_time").perform(context) == "true"
+        overrides[name] = int(text) if name == "input_short_side" else text
+    topics = _image_topics(context)
+    if topics is not None:
+        overrides["image_topics"] = topics
+    overrides["use_sim_time"] = _argument(context, "use_sim_time") == "true"
     return overrides
 
 
-def _segmenter(context):
-    return [
+def _rviz_config_file(context, share: str) -> str:
+    """A copy of rviz/segment.rviz whose displays follow the node's cameras and namespace."""
+    namespace = _argument(context, "namespace")
+    topics = (
+        _image_topics(context)
+        or image_topics_in_params_file(_argument(context, "params_file"), NODE_NAME, namespace)
+        or list(DEFAULT_IMAGE_TOPICS)
+    )
+    with open(os.path.join(share, "rviz", "segment.rviz")) as template:
+        config = rviz_config(yaml.safe_load(template), topics, namespace)
+    handle, path = tempfile.mkstemp(prefix="fcclip_ros_", suffix=".rviz")
+    with os.fdopen(handle, "w") as out:
+        yaml.safe_dump(config, out, sort_keys=False)
+    atexit.register(os.remove, path)
+    return path
+
+
+def _warn_about_misspelled_arguments(context) -> None:
+    """ros2 launch accepts any name:=value; say so when one looks like a typo of ours."""
+    known = ["params_file", *OVERRIDES, *OTHER_ARGUMENTS]
+    for name in context.launch_configurations:
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.8)
+        if name not in known and close:
+            get_logger("fcclip_ros").warning(
+                f"launch argument {name!r} is not used; did you mean {close[0]!r}? "
+                "(ros2 launch fcclip_ros segment.launch.py --show-args)"
+            )
+
+
+def _nodes(context):
+    share = FindPackageShare("fcclip_ros").perform(context)
+    _warn_about_misspelled_arguments(context)
+    actions = [
         Node(
             package="fcclip_ros",
             executable="segmenter",
-            name="fcclip",
-            namespace=LaunchConfiguration("namespace"),
-            parameters=[LaunchConfiguration("params_file"), _parameter_overrides(context)],
-            arguments=["--ros-args", "--log-level", LaunchConfiguration("log_level")],
+            name=NODE_NAME,
+            namespace=_argument(context, "namespace"),
+            parameters=[_argument(context, "params_file"), _parameter_overrides(context)],
+            arguments=["--ros-args", "--log-level", _argument(context, "log_level")],
             output="screen",
             emulate_tty=True,
         )
     ]
+    if _argument(context, "rviz").lower() in ("true", "1"):
+        actions.append(
+            Node(
+                package="rviz2",
+                executable="rviz2",
+                arguments=["-d", _rviz_config_file(context, share)],
+                output="screen",
+            )
+        )
+    return actions
 
 
 def generate_launch_description() -> LaunchDescription:
-    share = FindPackageShare("fcclip_ros")
+    defaults = {"use_sim_time": "false", "log_level": "info", "rviz": "false"}
     arguments = [
         DeclareLaunchArgument(
             "params_file",
-            default_value=PathJoinSubstitution([share, "config", "segment.yaml"]),
+            default_value=PathJoinSubstitution(
+                [FindPackageShare("fcclip_ros"), "config", "segment.yaml"]
+            ),
             description="parameter YAML for the node",
         ),
-        DeclareLaunchArgument("namespace", default_value="", description="the node's namespace"),
         *(
             DeclareLaunchArgument(name, default_value="", description=help_text)
             for name, help_text in OVERRIDES.items()
         ),
-        DeclareLaunchArgument("use_sim_time", default_value="false", description="bag replay"),
-        DeclareLaunchArgument("log_level", default_value="info"),
-        DeclareLaunchArgument(
-            "rviz", default_value="false", description="also open RViz on the overlay image"
+        *(
+            DeclareLaunchArgument(name, default_value=defaults.get(name, ""), description=text)
+            for name, text in OTHER_ARGUMENTS.items()
         ),
     ]
-    rviz = Node(
-        package="rviz2",
-        executable="rviz2",
-        arguments=["-d", PathJoinSubstitution([share, "rviz", "segment.rviz"])],
-        condition=IfCondition(LaunchConfiguration("rviz")),
-    )
-    return LaunchDescription([*arguments, OpaqueFunction(function=_segmenter), rviz])
+    return LaunchDescription([*arguments, OpaqueFunction(function=_nodes)])
