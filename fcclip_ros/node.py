@@ -8,6 +8,8 @@ never builds a backlog, and ``set_vocabulary`` or ``ros2 param`` answer while a 
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -37,6 +39,7 @@ from rclpy.qos import (
     QoSProfile,
     ReliabilityPolicy,
 )
+from rclpy.signals import SignalHandlerOptions
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
@@ -51,6 +54,7 @@ from fcclip_ros.msg import Segment, SegmentArray, Vocabulary
 from fcclip_ros.overlay import OverlayStyle, draw_overlay
 from fcclip_ros.result import UNLABELED, Segmentation
 from fcclip_ros.srv import GetVocabulary, SetVocabulary
+from fcclip_ros.topics import output_namespace
 from fcclip_ros.vocabulary import Vocabulary as VocabularyList
 from fcclip_ros.vocabulary import VocabularyError, VocabularyState
 
@@ -68,6 +72,7 @@ STATS_WINDOW_S = 10.0  # rates and means in the diagnostics cover this much rece
 NO_INPUT_WARNING_S = 5.0  # a camera silent this long is reported as a warning
 LOG_THROTTLE_S = 5.0
 GIL_SWITCH_INTERVAL_S = 0.0005  # see run()
+SHUTDOWN_GRACE_S = 2.0  # how long teardown waits for a frame in flight to stop
 _SILENT_PUBLISHER_HINT = (
     "; with Fast DDS, camera-sized best-effort images need"
     " FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA (or bigger socket buffers)"
@@ -172,12 +177,14 @@ PARAMETERS: tuple[_ParameterSpec, ...] = (
         "vocabulary",
         Parameter.Type.STRING_ARRAY,
         'Classes, each "name" or "name, synonym, ..." (optional [thing] or [stuff] tag);'
-        " non-empty overrides vocabulary_preset. Setting it swaps the vocabulary.",
+        " non-empty overrides vocabulary_preset. Setting it swaps the vocabulary; [] goes back"
+        " to the preset.",
     ),
     _ParameterSpec(
         "vocabulary_preset",
         "coco",
-        "Built-in vocabulary used while `vocabulary` is empty; setting it swaps the vocabulary.",
+        "Built-in vocabulary used while `vocabulary` is empty. Setting it swaps the vocabulary"
+        " and clears `vocabulary`.",
     ),
     _ParameterSpec(
         "object_mask_threshold",
@@ -232,12 +239,6 @@ _OVERLAY = {
     "overlay_names": "names",
     "overlay_font_scale": "font_scale",
 }
-
-
-def output_namespace(topic: str) -> str:
-    """Where the outputs of `topic` go: "<ns>/<name>" -> "<ns>/segmentation"."""
-    head, _, _ = topic.rstrip("/").rpartition("/")
-    return f"{head}/segmentation" if head or topic.startswith("/") else "segmentation"
 
 
 class _Meter:
@@ -363,6 +364,7 @@ class SegmenterNode(Node):
 
         self._wake = threading.Condition()
         self._stopping = threading.Event()
+        self._publishing = threading.Lock()  # held while a result goes out; see stop_worker()
         self._next_camera = 0
         image_group = MutuallyExclusiveCallbackGroup()
         compressed = self._param("transport") == "compressed"
@@ -383,6 +385,8 @@ class SegmenterNode(Node):
         self.create_timer(
             1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
         )
+        if hasattr(self, "add_pre_set_parameters_callback"):  # rclpy >= Iron
+            self.add_pre_set_parameters_callback(self._preset_replaces_classes)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.engine.vocabulary.add_listener(self._publish_vocabulary)
         self._publish_vocabulary(state)
@@ -493,11 +497,12 @@ class SegmenterNode(Node):
         else:
             response.success = True
             response.message = f"vocabulary v{state.version}: {state.vocabulary.summary()}"
-            # Keep `ros2 param get` truthful; the callback then finds nothing left to swap.
+            # Keep `ros2 param get` truthful; set together, the callback then finds nothing left
+            # to swap (one at a time, it would see the new preset beside the old classes).
             parameters = [Parameter("vocabulary", Parameter.Type.STRING_ARRAY, list(entries))]
             if preset:
                 parameters.append(Parameter("vocabulary_preset", Parameter.Type.STRING, preset))
-            self.set_parameters(parameters)
+            self.set_parameters_atomically(parameters)
         response.version = state.version
         response.classes = list(state.vocabulary.entries)
         return response
@@ -511,9 +516,26 @@ class SegmenterNode(Node):
         response.is_thing = list(state.vocabulary.is_thing)
         return response
 
+    @staticmethod
+    def _preset_replaces_classes(parameters: list[Parameter]) -> list[Parameter]:
+        """Setting `vocabulary_preset` alone also clears `vocabulary`, in the same atomic change:
+        the preset then takes effect, and `ros2 param get` shows what is in force."""
+        names = {parameter.name for parameter in parameters}
+        if "vocabulary_preset" in names and "vocabulary" not in names:
+            parameters.append(Parameter("vocabulary", Parameter.Type.STRING_ARRAY, []))
+        return parameters
+
     def _on_set_parameters(self, parameters: list[Parameter]) -> SetParametersResult:
         """Apply runtime-tunable parameters; refuse (with the reason) what cannot work."""
         changes = {p.name: p.value for p in parameters}
+        if "vocabulary_preset" in changes and "vocabulary" not in changes and self._param(
+            "vocabulary"
+        ):  # only without pre-set callbacks (Humble): a preset would be silently shadowed
+            return SetParametersResult(
+                successful=False,
+                reason="`vocabulary` lists classes, which take precedence over a preset: "
+                "set vocabulary to [] together with vocabulary_preset, or use set_vocabulary",
+            )
         if "vocabulary" in changes or "vocabulary_preset" in changes:
             requested = self._requested_vocabulary(changes)
             try:
@@ -588,16 +610,19 @@ class SegmenterNode(Node):
             camera.inference_s.add(elapsed)
 
     def _publish(self, camera: _Camera, header: Any, rgb: np.ndarray, result: Segmentation) -> None:
-        camera.labels.publish(_image(header, result.labels, "mono16"))
-        camera.instances.publish(_image(header, result.instances, "mono16"))
-        if result.confidence is not None and camera.confidence.get_subscription_count() > 0:
-            camera.confidence.publish(_image(header, result.confidence, "32FC1"))
-            camera.confidence_maps += 1
-        if camera.overlay.get_subscription_count() > 0:
-            overlay = draw_overlay(rgb, result.instances, result.segments, self._style)
-            camera.overlay.publish(_image(header, overlay, "rgb8"))
-            camera.overlays += 1
-        camera.segments.publish(segments_message(header, result))
+        with self._publishing:
+            if self._stopping.is_set():  # shutdown has begun: the result is dropped
+                return
+            camera.labels.publish(_image(header, result.labels, "mono16"))
+            camera.instances.publish(_image(header, result.instances, "mono16"))
+            if result.confidence is not None and camera.confidence.get_subscription_count() > 0:
+                camera.confidence.publish(_image(header, result.confidence, "32FC1"))
+                camera.confidence_maps += 1
+            if camera.overlay.get_subscription_count() > 0:
+                overlay = draw_overlay(rgb, result.instances, result.segments, self._style)
+                camera.overlay.publish(_image(header, overlay, "rgb8"))
+                camera.overlays += 1
+            camera.segments.publish(segments_message(header, result))
         camera.processed += 1
         camera.outputs.add()
         stamp = Time.from_msg(header.stamp, clock_type=self.get_clock().clock_type)
@@ -675,38 +700,88 @@ class SegmenterNode(Node):
 
     # ---- shutdown -------------------------------------------------------------------------
 
-    def destroy_node(self) -> None:
-        """Stop the worker (letting a running inference finish) before the node goes away."""
+    def stop_worker(self, timeout: float = SHUTDOWN_GRACE_S) -> bool:
+        """Stop inference promptly: nothing is published from now on, and a frame in flight is
+        interrupted between two network stages. False if the worker is still busy after
+        `timeout` (one stage slower than that); its frame is then abandoned."""
         self._stopping.set()
+        self.engine.interrupt()
         self._notify_worker()
-        self._worker.join(timeout=30.0)
-        super().destroy_node()
+        with self._publishing:  # a result going out right now finishes; none follows
+            pass
+        self._worker.join(timeout=timeout)
+        return not self._worker.is_alive()
+
+
+def _on_signals(handler: Any) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, handler)
 
 
 def run(argv: Sequence[str] | None = None) -> int:
-    """Start the node with ROS arguments `argv` and spin until Ctrl-C; returns the exit code."""
+    """Start the node with ROS arguments `argv` and spin until Ctrl-C; returns the exit code.
+
+    Signals: until the node is ready, Ctrl-C aborts the start-up (KeyboardInterrupt). After that
+    SIGINT or SIGTERM only asks the main thread to stop, and during teardown further signals are
+    ignored (`ros2 launch` without a terminal forwards SIGINT a second time), so teardown always
+    runs to its end within ros2 launch's grace period (5 s before it escalates to SIGTERM).
+    """
     # The inference thread and the executor threads hand the GIL back and forth on every torch
     # op and every message; at Python's default 5 ms each hand-over can stall for that long.
     # With 0.5 ms the test scenario (tiny model, 30 + 10 Hz cameras, 2 cores) went from 7 to
     # 19 frames/s out and from 13 to 33 frames/s taken in.
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    rclpy.init(args=list(argv) if argv is not None else sys.argv)
-    node = None
+    args = list(argv) if argv is not None else sys.argv
+    try:
+        rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
+    except RuntimeError as error:  # rcl's RCLError: a malformed -p or params file
+        reason = str(error).split(", at /")[0].strip()  # drop rcl's source locations
+        print(f"[{NODE_NAME}] cannot start: {reason}", file=sys.stderr)
+        return 2
+    node: SegmenterNode | None = None
+    executor: MultiThreadedExecutor | None = None
+    stop_requested = threading.Event()
+    code = 0
     try:
         node = SegmenterNode()
         executor = MultiThreadedExecutor(num_threads=4)
         executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
+        _on_signals(lambda *_: stop_requested.set())
+        spinner = threading.Thread(
+            target=_spin, args=(executor, stop_requested), name="fcclip-executor", daemon=True
+        )
+        spinner.start()
+        while not stop_requested.wait(timeout=0.2):
+            pass
+    except KeyboardInterrupt:
         pass
     except (EngineError, VocabularyError, ConfigurationError, ParameterException) as error:
         print(f"[{NODE_NAME}] cannot start: {error}", file=sys.stderr)
-        return 1
+        code = 1
     finally:
+        _on_signals(signal.SIG_IGN)
+        abandoned = node is not None and not node.stop_worker()
+        if executor is not None:
+            executor.shutdown(timeout_sec=1.0)
         if node is not None:
+            if abandoned:
+                node.get_logger().warning("stopped during a slow network stage: frame abandoned")
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    if abandoned:  # the worker thread is inside torch: leave without finalising the interpreter
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _spin(executor: MultiThreadedExecutor, done: threading.Event) -> None:
+    try:
+        executor.spin()
+    except ExternalShutdownException:
+        pass
+    finally:
+        done.set()
 
 
 def main() -> None:

@@ -51,7 +51,7 @@ class NodeProcess:
     """The node started as a user would, its output captured in a file.
 
     `python -m fcclip_ros.node --ros-args ...`, or with `run_command` `fcclip-ros run
-    --params-file F --ros-args ...`.
+    --params-file F --ros-args ...`; `ros_arguments` are passed after --ros-args as they are.
     """
 
     def __init__(
@@ -61,6 +61,7 @@ class NodeProcess:
         namespace: str = "/",
         params_file: Path | None = None,
         run_command: bool = False,
+        ros_arguments: Iterable[str] = (),
     ) -> None:
         self.log = log
         if run_command:
@@ -70,7 +71,7 @@ class NodeProcess:
         else:
             args = [sys.executable, "-m", "fcclip_ros.node", "--ros-args"]
             args += ["--params-file", str(params_file)] if params_file else []
-        args += ["-r", f"__ns:={namespace}"]
+        args += ["-r", f"__ns:={namespace}", *ros_arguments]
         for parameter in parameters:
             args += ["-p", parameter]
         with open(log, "w") as out:

@@ -36,10 +36,11 @@ from test_image_conversion import message, mosaic, pack_422, to_16bit
 
 from fcclip_ros.image_conversion import image_to_rgb
 from fcclip_ros.msg import Vocabulary
-from fcclip_ros.node import PARAMETERS, output_namespace
+from fcclip_ros.node import PARAMETERS
 from fcclip_ros.result import UNLABELED
 from fcclip_ros.ros_commands import add_subcommands
 from fcclip_ros.srv import SetVocabulary
+from fcclip_ros.topics import output_namespace
 
 CAMERA_A, CAMERA_B = "/cam_a/image", "/cam_b/image"
 OUTPUTS_A, OUTPUTS_B = "/cam_a/segmentation", "/cam_b/segmentation"
@@ -389,6 +390,37 @@ def test_parameters_swap_the_vocabulary_and_refuse_what_cannot_work(peer):
     assert len(peer.get_vocabulary().classes) == 133
 
 
+def test_setting_the_preset_parameter_replaces_a_class_list_and_param_get_tells_the_truth(peer):
+    [result] = peer.set_parameters(vocabulary=["mug", "table"])
+    assert result.successful, result.reason
+    before = peer.get_vocabulary().version
+
+    [result] = peer.set_parameters(vocabulary_preset="ade20k")  # `ros2 param set` does this
+    assert result.successful, result.reason
+    after = peer.get_vocabulary()
+    assert (after.version, len(after.classes)) == (before + 1, 150)
+    assert peer.get_parameter("vocabulary") == []
+    assert peer.get_parameter("vocabulary_preset") == "ade20k"
+    assert peer.set_vocabulary(preset="coco").success
+
+
+def test_a_preset_request_swaps_once_and_publishes_only_that_version(peer, subscribe):
+    outputs = subscribe(OUTPUTS_A, images=[])
+    assert peer.set_vocabulary(["mug", "table"]).success
+    before = peer.get_vocabulary().version
+
+    response = peer.set_vocabulary(preset="cityscapes")
+    assert response.success and response.version == before + 1, response.message
+    in_force = peer.get_vocabulary()
+    assert (in_force.version, list(in_force.classes)) == (response.version, list(response.classes))
+    assert peer.get_parameter("vocabulary") == []
+    assert peer.get_parameter("vocabulary_preset") == "cityscapes"
+    peer.spin_for(1.0)
+    published = [v.version for v in outputs.vocabularies if v.version > before]
+    assert published == [before + 1]
+    assert peer.set_vocabulary(preset="coco").success
+
+
 def test_object_mask_threshold_set_at_runtime_reaches_the_model(peer, subscribe):
     outputs = subscribe(OUTPUTS_A, images=["labels", "instances"])
     names = ["labels", "instances", "segments"]
@@ -566,21 +598,40 @@ class _Recorded:
 
 class _LaunchConfiguration(_Recorded):
     def perform(self, context):
-        return context[self.args[0]]
+        return context.launch_configurations[self.args[0]]
+
+
+class _FindPackageShare(_Recorded):
+    def perform(self, context):
+        return str(ROOT)  # the source tree has the installed share/ layout
+
+
+class _LaunchContext:
+    def __init__(self, **arguments):
+        self.launch_configurations = arguments
+
+
+class _Logger:
+    def __init__(self):
+        self.warnings = []
+
+    def warning(self, text):
+        self.warnings.append(text)
 
 
 def _load_launch_file(monkeypatch):
     """launch/segment.launch.py with `launch` and `launch_ros` (not on PyPI) stubbed out."""
+    logger = _Logger()
     stubs = {
         "launch": {"LaunchDescription": _Recorded},
         "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
-        "launch.conditions": {"IfCondition": _Recorded},
+        "launch.logging": {"get_logger": lambda name: logger},
         "launch.substitutions": {
             "LaunchConfiguration": _LaunchConfiguration,
             "PathJoinSubstitution": _Recorded,
         },
         "launch_ros.actions": {"Node": _Recorded},
-        "launch_ros.substitutions": {"FindPackageShare": _Recorded},
+        "launch_ros.substitutions": {"FindPackageShare": _FindPackageShare},
     }
     for name, attributes in stubs.items():
         module = types.ModuleType(name)
@@ -591,50 +642,82 @@ def _load_launch_file(monkeypatch):
     )
     launch_file = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch_file)
+    launch_file.logger = logger
     return launch_file
 
 
-def test_launch_file_overrides_only_the_parameters_given_as_arguments(monkeypatch):
-    description = _load_launch_file(monkeypatch).generate_launch_description()
-    actions = description.args[0]
-    declared = {
-        a.args[0]: a.kwargs.get("default_value")
-        for a in actions
-        if not a.kwargs.get("function") and a.args
-    }
-    for name in ("params_file", "namespace", "image_topics", "device", "model", "weights"):
-        assert name in declared, name
-    context = dict.fromkeys(declared, "") | {"use_sim_time": "false"}
-    [segmenter] = [a for a in actions if "function" in a.kwargs]
+def _launch(monkeypatch, **given):
+    """The actions the launch file starts for `ros2 launch ... name:=value` (given)."""
+    launch_file = _load_launch_file(monkeypatch)
+    actions = launch_file.generate_launch_description().args[0]
+    declared = {a.args[0]: a.kwargs["default_value"] for a in actions if a.args}
+    [nodes] = [a for a in actions if "function" in a.kwargs]
+    arguments = declared | {"params_file": str(PARAMS_FILE)} | given
+    return nodes.kwargs["function"](_LaunchContext(**arguments)), declared, launch_file.logger
 
-    context |= {
-        "image_topics": "[/front/image_raw, /rear/image_raw]",
-        "model": "rn50",
-        "input_short_side": "480",
-    }
-    [node] = segmenter.kwargs["function"](context)
+
+def test_launch_file_overrides_only_the_parameters_given_as_arguments(monkeypatch):
+    [node], declared, _ = _launch(
+        monkeypatch,
+        image_topics="[/front/image_raw, /rear/image_raw]",
+        model="rn50",
+        input_short_side="480",
+    )
+    for name in ("params_file", "namespace", "image_topics", "device", "model", "weights", "rviz"):
+        assert name in declared, name
     assert (node.kwargs["package"], node.kwargs["executable"]) == ("fcclip_ros", "segmenter")
     assert node.kwargs["name"] == "fcclip"
-    assert node.kwargs["parameters"][1] == {
-        "image_topics": ["/front/image_raw", "/rear/image_raw"],
-        "model": "rn50",
-        "input_short_side": 480,
-        "use_sim_time": False,
-    }
-    context |= {
-        "image_topics": "camera/image_raw",
-        "model": "",
-        "input_short_side": "",
-        "device": "cuda:1",
-        "use_sim_time": "true",
-    }
-    [node] = segmenter.kwargs["function"](context)
+    assert node.kwargs["parameters"] == [
+        str(PARAMS_FILE),
+        {
+            "image_topics": ["/front/image_raw", "/rear/image_raw"],
+            "model": "rn50",
+            "input_short_side": 480,
+            "use_sim_time": False,
+        },
+    ]
+    [node], _, _ = _launch(monkeypatch, image_topics="camera/image_raw", device="cuda:1",
+                           use_sim_time="true")
     assert node.kwargs["parameters"][1] == {
         "image_topics": ["camera/image_raw"],
         "device": "cuda:1",
         "use_sim_time": True,
     }
-    assert set(_load_launch_file(monkeypatch).OVERRIDES) <= {spec.name for spec in PARAMETERS}
+    overrides = _load_launch_file(monkeypatch).OVERRIDES
+    assert set(overrides) <= {spec.name for spec in PARAMETERS}
+
+
+def test_launch_accepts_image_topic_for_one_camera_and_warns_about_typos(monkeypatch):
+    [node], _, logger = _launch(monkeypatch, image_topic="/camera/color/image_raw")
+    assert node.kwargs["parameters"][1]["image_topics"] == ["/camera/color/image_raw"]
+    assert logger.warnings == []
+
+    [node], _, logger = _launch(monkeypatch, image_topcs="/camera/image", image_topics="/a/image")
+    assert node.kwargs["parameters"][1]["image_topics"] == ["/a/image"]
+    assert len(logger.warnings) == 1 and "did you mean 'image_topics'" in logger.warnings[0]
+
+
+def _rviz_topics(path: str) -> tuple[list[str], set[str]]:
+    """(topics of the enabled Image displays, of the disabled ones) of an RViz config file."""
+    with open(path) as config:
+        displays = yaml.safe_load(config)["Visualization Manager"]["Displays"]
+    shown = [d["Topic"]["Value"] for d in displays if d["Enabled"]]
+    return shown, {d["Topic"]["Value"] for d in displays if not d["Enabled"]}
+
+
+def test_launch_with_rviz_shows_the_overlay_of_every_camera_in_the_namespace(monkeypatch):
+    [_, rviz], _, _ = _launch(
+        monkeypatch, rviz="true", namespace="robot1", image_topics="[front/image, /rear/image]"
+    )
+    assert (rviz.kwargs["package"], rviz.kwargs["executable"]) == ("rviz2", "rviz2")
+    assert rviz.kwargs["arguments"][0] == "-d"
+    shown, hidden = _rviz_topics(rviz.kwargs["arguments"][1])
+    assert shown == ["/robot1/front/segmentation/overlay", "/rear/segmentation/overlay"]
+    assert {"/robot1/front/segmentation/labels", "/rear/segmentation/confidence"} <= hidden
+
+    [_, rviz], _, _ = _launch(monkeypatch, rviz="true")  # the params file's camera: `image`
+    assert _rviz_topics(rviz.kwargs["arguments"][1])[0] == ["/segmentation/overlay"]
+    assert len(_launch(monkeypatch, rviz="false")[0]) == 1
 
 
 def test_rviz_config_shows_the_overlay_of_the_default_camera():
@@ -644,16 +727,3 @@ def test_rviz_config_shows_the_overlay_of_the_default_camera():
     [default_topic] = next(s.default for s in PARAMETERS if s.name == "image_topics")
     overlay = f"/{output_namespace(default_topic)}/overlay"
     assert shown == [("rviz_default_plugins/Image", overlay)]
-
-
-@pytest.mark.parametrize(
-    ("topic", "namespace"),
-    [
-        ("image", "segmentation"),
-        ("/image", "/segmentation"),
-        ("camera/image_raw", "camera/segmentation"),
-        ("/robot/front/color/image_raw", "/robot/front/color/segmentation"),
-    ],
-)
-def test_outputs_go_to_segmentation_beside_the_input_topic(topic, namespace):
-    assert output_namespace(topic) == namespace
