@@ -4,23 +4,26 @@ The released files hold the trained head (`sem_seg_head.*`, `void_embedding.weig
 hold some CLIP weights (`backbone.clip_model.*`); the CLIP comes from open_clip otherwise. The
 head is loaded strictly: a file for another variant or a truncated file is refused with a message
 that says what is wrong, instead of silently running a half-initialised network.
+
+Reading a file never runs code from it: only torch's restricted unpickler is used, allowing
+besides tensors and plain values just the numeric numpy arrays and scalars detectron2 checkpoints
+may hold. A file that needs anything else is refused, naming what its pickle would call.
 """
 
 from __future__ import annotations
 
-import logging
 import pickle
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from fcclip_ros.model.config import VARIANTS, FCCLIPConfig
 from fcclip_ros.model.fcclip import FCCLIP
-
-logger = logging.getLogger(__name__)
 
 CLIP_PREFIX = "backbone.clip_model."
 TRAINING_ONLY_KEYS = ("criterion.", "pixel_mean", "pixel_std")  # loss buffers, input constants
@@ -40,44 +43,82 @@ class LoadReport:
     clip_keys: int  # backbone.clip_model.* entries that replaced open_clip's weights
     ignored: tuple[str, ...]  # training-only entries
     unexpected: tuple[str, ...]  # entries the model has no use for
-    unsafe_pickle: bool  # the file needed torch.load(weights_only=False)
 
 
 def _is_head_key(key: str) -> bool:
     return key.startswith("sem_seg_head.") or key == "void_embedding.weight"
 
 
-def read_state_dict(path: str | Path) -> tuple[dict[str, torch.Tensor], bool]:
-    """The state dict of a detectron2 checkpoint (under "model") or of a bare state-dict file.
+def _numpy_globals() -> list[Callable[..., Any] | tuple[Callable[..., Any], str]]:
+    """What unpickling numeric numpy arrays and scalars calls, under the names pickles use.
 
-    Returns it with a flag saying whether the file needed full unpickling, which can run code:
-    only files holding more than tensors and plain containers need it, and are logged.
+    The rebuild functions are taken from numpy's own pickles and named both ways: numpy 1 wrote
+    them as ``numpy.core.multiarray.*``, numpy 2 as ``numpy._core.multiarray.*``. Only numeric
+    and bool dtypes may be built, so no array of arbitrary Python objects can come out.
     """
-    try:
+    rebuilders = (np.zeros(0).__reduce__()[0], np.float32(0).__reduce__()[0])
+    dtypes = (np.bool_, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32,
+              np.uint64, np.float16, np.float32, np.float64)
+    return [np.ndarray, np.dtype, *{type(np.dtype(t)) for t in dtypes},
+            *((function, f"{module}.multiarray.{function.__name__}")
+              for function in rebuilders for module in ("numpy.core", "numpy._core"))]
+
+
+_NUMPY_GLOBALS = _numpy_globals()
+# torch.serialization.safe_globals widens the allowlist process-wide until it exits and then
+# removes its entries, so overlapping loads in two threads would cut each other short.
+_LOAD_LOCK = threading.Lock()
+_DAMAGED = "it is truncated, damaged or not a PyTorch checkpoint"
+
+
+def _unreadable(path: str | Path, why: str) -> CheckpointError:
+    return CheckpointError(f"cannot read {path}: {why}; download it again")
+
+
+def _load_without_running_code(path: str | Path) -> Any:
+    """``torch.load`` restricted to tensors, plain values and numeric numpy data."""
+    with _LOAD_LOCK, torch.serialization.safe_globals(_NUMPY_GLOBALS):
         try:
-            content, unsafe = torch.load(path, map_location="cpu", weights_only=True), False
-        except pickle.UnpicklingError as error:
-            logger.warning("%s holds more than tensors (%s); loading it with full unpickling, "
-                           "which is only safe for files you trust", path,
-                           str(error).splitlines()[0])
-            content, unsafe = torch.load(path, map_location="cpu", weights_only=False), True
-    except FileNotFoundError as error:
-        raise CheckpointError(f"no FC-CLIP checkpoint at {path}") from error
-    except Exception as error:  # a corrupt or foreign file fails in many different ways
-        raise CheckpointError(f"cannot read {path} as a PyTorch checkpoint: {error}") from error
+            return torch.load(path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            raise CheckpointError(f"no FC-CLIP checkpoint at {path}") from None
+        except OSError as error:
+            raise CheckpointError(f"cannot open {path}: {error.strerror}") from None
+        except pickle.UnpicklingError:
+            try:  # reads the pickle's instructions without running them
+                offending = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+            except (ValueError, RuntimeError):  # not a torch.save zip file
+                offending = []
+        except Exception as error:  # a truncated or foreign file fails in many different ways
+            torch_says = str(error).splitlines()[0].split(". ")[0] if str(error) else ""
+            raise _unreadable(path, f"{_DAMAGED} ({torch_says or type(error).__name__})") from None
+    if not offending:  # not a torch.save zip file, or objects built from allowed names only
+        raise _unreadable(path, f"{_DAMAGED}, or it holds objects other than tensors, numeric "
+                                "numpy data and plain values, which only unpickling that can run "
+                                "code could build")
+    raise CheckpointError(
+        f"{path} was not loaded: unpickling it would call {', '.join(sorted(offending))}, which "
+        "could run code from the file. FC-CLIP checkpoints hold only tensors, numpy arrays and "
+        "plain values; use the official file, or re-save just the weights "
+        "(torch.save({'model': state_dict}, path)) from a copy you trust")
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict of a detectron2 checkpoint (under "model") or of a bare state-dict file."""
+    content = _load_without_running_code(path)
     if isinstance(content, Mapping) and isinstance(content.get("model"), Mapping):
         content = content["model"]
     if not isinstance(content, Mapping) or not content:
         raise CheckpointError(f"{path} holds no state dict (neither a 'model' entry nor tensors)")
     state = {}
     for key, value in content.items():
-        if isinstance(value, np.ndarray):  # detectron2's pickled model-zoo format
-            value = torch.from_numpy(value)
+        if isinstance(value, np.ndarray | np.generic):  # detectron2's model-zoo format
+            value = torch.from_numpy(np.asarray(value))
         if not isinstance(value, torch.Tensor):
             raise CheckpointError(f"{path}: entry {key!r} is a {type(value).__name__}, "
                                   "not a tensor")
         state[key] = value
-    return state, unsafe
+    return state
 
 
 def _layout(state: Mapping[str, torch.Tensor]) -> tuple[int, tuple[int, ...]] | None:
@@ -113,7 +154,7 @@ def load_fcclip_weights(model: FCCLIP, path: str | Path) -> LoadReport:
     Every head weight must be present with the model's shape. CLIP weights in the file replace
     open_clip's; training-only entries are ignored; anything else is reported as unexpected.
     """
-    state, unsafe = read_state_dict(path)
+    state = read_state_dict(path)
     own = model.state_dict()
     mismatched = [key for key in state if key in own and state[key].shape != own[key].shape]
     if mismatched:
@@ -128,7 +169,7 @@ def load_fcclip_weights(model: FCCLIP, path: str | Path) -> LoadReport:
     unexpected = tuple(key for key in state
                        if key not in own and not key.startswith(TRAINING_ONLY_KEYS))
     model.load_state_dict({key: state[key] for key in head + clip}, strict=False)
-    return LoadReport(str(path), len(head), len(clip), ignored, unexpected, unsafe)
+    return LoadReport(str(path), len(head), len(clip), ignored, unexpected)
 
 
 def official_state_dict(model: FCCLIP,

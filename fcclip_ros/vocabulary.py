@@ -114,7 +114,9 @@ class Vocabulary:
     """An immutable, validated list of classes; class id i is ``classes[i]``.
 
     ``preset`` names the built-in list it came from; those are kept verbatim, so only they may
-    repeat a name (the official ADE-847 list has e.g. both "pot" and "pot, flowerpot").
+    repeat a name (the official ADE-847 list has e.g. both "pot" and "pot, flowerpot"). Names
+    count as repeated when CLIP's tokenizer reads them alike ("Cat", "cat"): they would get the
+    same embedding.
     """
 
     classes: tuple[VocabularyClass, ...]
@@ -265,21 +267,43 @@ def _validate(classes: tuple[VocabularyClass, ...], allow_duplicate_names: bool)
     for index, c in enumerate(classes):
         if not c.synonyms or any(not s.strip() for s in c.synonyms):
             raise VocabularyError(f"class {index} has a blank synonym: {c.synonyms!r}")
-        if len(c.entry) > MAX_ENTRY_CHARS:
-            raise VocabularyError(
-                f"class {index} ({c.name!r}) is {len(c.entry)} characters long "
-                f"(limit {MAX_ENTRY_CHARS})"
-            )
-    if allow_duplicate_names:
-        return
-    first_index: dict[str, int] = {}
-    duplicates = []
+    if not allow_duplicate_names:
+        _refuse_duplicate_names(classes)
+
+
+def _refuse_duplicate_names(classes: tuple[VocabularyClass, ...]) -> None:
+    """Refuse names CLIP's text tower gets as the same tokens: one embedding, one possible winner.
+
+    Names are compared as token ids of open_clip's CLIP tokenizer, the one every supported model
+    uses; it drops case, runs of whitespace, spacing around punctuation and HTML escapes. A fresh
+    tokenizer per check, because it keeps every word it has seen.
+    """
+    from open_clip.tokenizer import SimpleTokenizer  # costs seconds; presets never get here
+
+    tokenizer = SimpleTokenizer()
+    first_index: dict[tuple[int, ...], int] = {}
+    same, alike = [], []
     for index, name in enumerate(c.name for c in classes):
-        if name in first_index:
-            duplicates.append(f"{name!r} (classes {first_index[name]} and {index})")
-        first_index.setdefault(name, index)
-    if duplicates:
-        raise VocabularyError("duplicate class names: " + ", ".join(duplicates))
+        first = first_index.setdefault(tuple(tokenizer.encode(name)), index)
+        if first == index:
+            continue
+        if classes[first].name == name:
+            same.append(f"{name!r} (classes {first} and {index})")
+        else:
+            alike.append(f"{classes[first].name!r} (class {first}) and {name!r} (class {index})")
+    problems = []
+    if same:
+        problems.append("duplicate class names: " + ", ".join(same))
+    if alike:
+        problems.append(
+            "class names CLIP's tokenizer reads as the same text (it lower-cases, and normalises "
+            "spacing and HTML escapes): "
+            + ", ".join(alike)
+            + "; the two names of a pair get the same embedding, so only one could ever be"
+            " predicted: keep one of each pair"
+        )
+    if problems:
+        raise VocabularyError("; ".join(problems))
 
 
 def _check_count(count: int) -> None:

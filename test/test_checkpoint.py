@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import io
+import os
+import shlex
+import traceback
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -18,6 +27,16 @@ class TrainerState:
     """Stands for the non-tensor objects some training scripts pickle into checkpoints."""
 
     iteration = 368_750
+
+
+class RunsCode:
+    """What a malicious checkpoint carries: an object whose unpickling runs a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return os.system, (f"touch {shlex.quote(str(self.marker))}",)
 
 
 def segment(model: FCCLIP) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,7 +72,6 @@ def test_official_layout_checkpoint_loads_strictly_and_reproduces_outputs(tmp_pa
     assert report.clip_keys == len(model.backbone.state_dict())
     assert report.ignored == ("criterion.empty_weight",)
     assert report.unexpected == ()
-    assert not report.unsafe_pickle
 
 
 def test_head_only_checkpoint_keeps_open_clips_weights(tmp_path) -> None:
@@ -129,14 +147,99 @@ def test_unexpected_entries_are_reported_not_loaded(tmp_path) -> None:
     assert set(report.ignored) == {"criterion.empty_weight", "pixel_mean"}
 
 
-def test_file_with_pickled_objects_loads_only_through_full_unpickling(tmp_path) -> None:
-    trained = FCCLIP(TINY, seed=1)
-    path = tmp_path / "with_trainer.pth"
-    torch.save({"model": official_state_dict(trained), "trainer": TrainerState()}, path)
+def test_checkpoint_that_would_run_code_is_refused_and_runs_nothing(tmp_path) -> None:
+    marker = tmp_path / "code_ran"
+    path = tmp_path / "malicious.pth"
+    torch.save({"model": official_state_dict(FCCLIP(TINY, seed=1)), "x": RunsCode(marker)}, path)
     model = FCCLIP(TINY, seed=2)
+    before = {key: value.clone() for key, value in model.state_dict().items()}
+    with pytest.raises(CheckpointError) as error:
+        load_fcclip_weights(model, path)
+    assert not marker.exists()
+    assert str(error.value) == (
+        f"{path} was not loaded: unpickling it would call {os.system.__module__}.system, which "
+        "could run code from the file. FC-CLIP checkpoints hold only tensors, numpy arrays and "
+        "plain values; use the official file, or re-save just the weights "
+        "(torch.save({'model': state_dict}, path)) from a copy you trust")
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_file_with_pickled_objects_is_refused_naming_their_class(tmp_path) -> None:
+    path = tmp_path / "with_trainer.pth"
+    torch.save({"model": official_state_dict(FCCLIP(TINY)), "trainer": TrainerState()}, path)
+    with pytest.raises(CheckpointError, match=r"would call (test\.)?test_checkpoint\.TrainerState"):
+        load_fcclip_weights(FCCLIP(TINY), path)
+
+
+def written_by_numpy_1(path: Path) -> None:
+    """Rewrite a torch.save file as numpy 1.x writes it: its array functions in numpy.core."""
+    with zipfile.ZipFile(path) as archive:
+        members = {info.filename: archive.read(info) for info in archive.infolist()}
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_STORED) as archive:
+        for name, data in members.items():
+            if name.endswith("/data.pkl"):
+                data = data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+            archive.writestr(name, data)
+    path.write_bytes(buffer.getvalue())
+
+
+@pytest.mark.parametrize("numpy_major", [1, 2])
+def test_detectron2_checkpoint_with_numpy_arrays_and_scalars_loads(tmp_path,
+                                                                   numpy_major: int) -> None:
+    trained = FCCLIP(TINY, seed=1)
+    # detectron2's model-zoo layout: weights as numpy arrays (0-d ones as numpy scalars) in an
+    # OrderedDict, next to an author string and numpy bookkeeping values.
+    weights = OrderedDict((key, value.numpy()[()] if value.dim() == 0 else value.numpy())
+                          for key, value in official_state_dict(trained).items())
+    path = tmp_path / "fcclip_numpy.pth"
+    torch.save({"model": weights, "__author__": "Detectron2 Model Zoo",
+                "matching_heuristics": True, "iteration": np.int64(368_749),
+                "lr": np.float32(1e-4)}, path)
+    if numpy_major == 1:
+        written_by_numpy_1(path)
+    model = FCCLIP(TINY, seed=2)
+    allowed_before = set(torch.serialization.get_safe_globals())
+
     report = load_fcclip_weights(model, path)
-    assert report.unsafe_pickle
+
+    assert report.head_keys == len(head_keys(model))
     torch.testing.assert_close(segment(model)[1], segment(trained)[1], rtol=0, atol=0)
+    assert set(torch.serialization.get_safe_globals()) == allowed_before  # for that load only
+
+
+def test_object_array_entry_is_refused_as_not_numbers(tmp_path) -> None:
+    state = official_state_dict(FCCLIP(TINY))
+    state["void_embedding.weight"] = np.array([1.0, "x"], dtype=object)
+    path = tmp_path / "objects.pth"
+    torch.save({"model": state}, path)
+    with pytest.raises(CheckpointError, match=r"objects\.pth: .* or it holds objects other than "
+                                              r"tensors, numeric numpy data and plain values"):
+        load_fcclip_weights(FCCLIP(TINY), path)
+
+
+def truncated(path: Path) -> None:
+    torch.save({"model": official_state_dict(FCCLIP(TINY))}, path)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage", [
+    truncated,
+    lambda path: path.write_bytes(b"not a checkpoint"),
+    lambda path: path.write_bytes(b""),
+], ids=["truncated", "garbage", "empty"])
+def test_damaged_files_fail_with_one_clear_line_and_no_torch_traceback(tmp_path,
+                                                                         damage) -> None:
+    path = tmp_path / "fcclip_cocopan.pth"
+    damage(path)
+    with pytest.raises(CheckpointError) as error:
+        load_fcclip_weights(FCCLIP(TINY), path)
+    message = str(error.value)
+    assert message.startswith(f"cannot read {path}: ") and "\n" not in message
+    assert "truncated" in message and "download it again" in message
+    shown = "".join(traceback.format_exception(error.value))
+    assert Path(torch.__file__).parent.as_posix() not in shown  # no torch internals attached
 
 
 def test_unreadable_or_absent_files_raise_checkpoint_errors(tmp_path) -> None:

@@ -6,8 +6,11 @@ import dataclasses
 import hashlib
 import threading
 
+import open_clip
 import pytest
+import torch
 
+from fcclip_ros.text_embeddings import TEMPLATES
 from fcclip_ros.vocabulary import (
     MAX_CLASSES,
     MAX_ENTRY_CHARS,
@@ -215,6 +218,56 @@ def test_invalid_requests_say_why(entries, preset, reason: str) -> None:
         Vocabulary.from_request(entries, preset)
     assert reason in str(error.value)
     assert isinstance(error.value, ValueError)
+
+
+# Names that differ only in what CLIP's tokenizer drops: case, runs of whitespace, spacing around
+# punctuation, HTML escapes.
+READ_ALIKE = [("Cat", "cat"), ("ice  cream", "ice cream"), ("T-shirt", "t - shirt"),
+              ("fish &amp; chips", "fish & chips")]
+READ_APART = [("cat", "cats"), ("ice cream", "icecream"), ("café", "cafe")]
+
+
+def prompt_tokens(name: str) -> torch.Tensor:
+    """The token ids the deployed model's text tower gets for ``name`` in every template."""
+    tokenizer = open_clip.get_tokenizer("convnext_large_d_320")
+    return tokenizer([template.format(name) for template in TEMPLATES])
+
+
+@pytest.mark.parametrize(("first", "second"), READ_ALIKE)
+def test_names_clip_reads_alike_are_refused_naming_both(first: str, second: str) -> None:
+    assert torch.equal(prompt_tokens(first), prompt_tokens(second))  # identical embeddings
+    with pytest.raises(VocabularyError) as error:
+        Vocabulary.from_entries(["dog", first, f"{second}, kitty"])
+    assert str(error.value) == (
+        "class names CLIP's tokenizer reads as the same text (it lower-cases, and normalises "
+        f"spacing and HTML escapes): {first!r} (class 1) and {second!r} (class 2); the two "
+        "names of a pair get the same embedding, so only one could ever be predicted: keep one "
+        "of each pair")
+
+
+@pytest.mark.parametrize(("first", "second"), READ_APART)
+def test_names_clip_reads_apart_are_separate_classes(first: str, second: str) -> None:
+    assert not torch.equal(prompt_tokens(first), prompt_tokens(second))
+    assert Vocabulary.from_entries([first, second]).names == (first, second)
+
+
+def test_exact_and_near_duplicate_names_are_reported_together() -> None:
+    with pytest.raises(VocabularyError) as error:
+        Vocabulary.from_entries(["cat", "Cat", "cat"])
+    assert str(error.value).startswith(
+        "duplicate class names: 'cat' (classes 0 and 2); class names CLIP's tokenizer reads as "
+        "the same text (it lower-cases, and normalises spacing and HTML escapes): 'cat' (class 0)"
+        " and 'Cat' (class 1); ")
+
+
+def test_entry_length_is_measured_as_sent() -> None:
+    entry = ",".join(f"{i:03d}" for i in range(250)) + "x"  # 250 synonyms, no spaces
+    assert len(entry) == MAX_ENTRY_CHARS
+    assert len(Vocabulary.from_entries([entry]).classes[0].synonyms) == 250
+    with pytest.raises(VocabularyError) as error:
+        Vocabulary.from_entries([entry + "y"])
+    assert str(error.value) == (f"class 0: entry {entry[:40]!r}... is {MAX_ENTRY_CHARS + 1} "
+                                f"characters long (limit {MAX_ENTRY_CHARS})")
 
 
 def test_tag_contradicting_stated_kind_is_rejected() -> None:
