@@ -19,7 +19,7 @@ setup(
         "opencv-python-headless",
         "pillow",
         "pyyaml",
-        "torch>=2.1",
+        "torch>=2.6",  # checkpoint loading names numpy types in torch.serialization.safe_globals
         "open_clip_torch>=2.26",
     ],
     entry_points={"console_scripts": ["fcclip-ros = fcclip_ros.cli:main"]},

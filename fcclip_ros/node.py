@@ -40,6 +40,7 @@ from rclpy.qos import (
     ReliabilityPolicy,
 )
 from rclpy.signals import SignalHandlerOptions
+from rclpy.task import Future
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image, RegionOfInterest
 
@@ -464,12 +465,20 @@ class SegmenterNode(Node):
         preset = changes.get("vocabulary_preset", self._param("vocabulary_preset"))
         return (entries, "") if entries else ((), preset)
 
-    def _swap(self, entries: Sequence[str], preset: str) -> VocabularyState:
-        """Encode and install a vocabulary (raises VocabularyError; the old one then stays)."""
-        state = self.engine.vocabulary.swap(entries=list(entries) or None, preset=preset or None)
-        self._vocabulary_source = (tuple(entries), "") if entries else ((), preset)
+    def _swap_in_background(
+        self, make: Callable[[], VocabularyList], description: str
+    ) -> Future:
+        """Encode and install a vocabulary off the executor; the returned future, completed on
+        this node's executor, holds the new state or the VocabularyError. Raises
+        VocabularyBusyError at once while another swap is encoding."""
+        finished = Future(executor=self.executor)
+        finished.add_done_callback(lambda _: None)  # so that completing it wakes the executor
+        self.engine.vocabulary.swap_in_background(make, finished.set_result, description)
+        return finished
+
+    def _swapped(self, source: tuple[tuple[str, ...], str], state: VocabularyState) -> None:
+        self._vocabulary_source = source
         self.get_logger().info(f"vocabulary v{state.version}: {state.vocabulary.summary()}")
-        return state
 
     def _publish_vocabulary(self, state: VocabularyState) -> None:
         msg = Vocabulary(
@@ -482,19 +491,27 @@ class SegmenterNode(Node):
         for camera in self.cameras:
             camera.vocabulary.publish(msg)
 
-    def _set_vocabulary(
+    async def _set_vocabulary(
         self, request: SetVocabulary.Request, response: SetVocabulary.Response
     ) -> SetVocabulary.Response:
+        """A coroutine: while the text encoder runs, it holds no executor thread."""
         entries, preset = tuple(request.classes), request.preset.strip()
         try:
             if not entries and not preset:
                 raise VocabularyError("empty request: give classes or a preset")
-            state = self._swap(entries, preset)
+            outcome = await self._swap_in_background(
+                lambda: VocabularyList.from_request(entries or None, preset or None),
+                f"preset {preset!r}" if preset else f"{len(entries)} requested classes",
+            )
+            if isinstance(outcome, VocabularyError):
+                raise outcome
         except VocabularyError as error:
             state = self.engine.vocabulary.current
             response.success, response.message = False, str(error)
             self.get_logger().warning(f"set_vocabulary refused: {error}")
         else:
+            state = outcome
+            self._swapped((entries, "") if entries else ((), preset), state)
             response.success = True
             response.message = f"vocabulary v{state.version}: {state.vocabulary.summary()}"
             # Keep `ros2 param get` truthful; set together, the callback then finds nothing left
@@ -537,12 +554,8 @@ class SegmenterNode(Node):
                 "set vocabulary to [] together with vocabulary_preset, or use set_vocabulary",
             )
         if "vocabulary" in changes or "vocabulary_preset" in changes:
-            requested = self._requested_vocabulary(changes)
             try:
-                if "vocabulary_preset" in changes:  # checked even while `vocabulary` overrides it
-                    VocabularyList.from_preset(changes["vocabulary_preset"])
-                if requested != self._vocabulary_source:
-                    self._swap(*requested)
+                self._swap_from_parameters(changes)
             except VocabularyError as error:
                 return SetParametersResult(successful=False, reason=str(error))
         thresholds = {name: changes[name] for name in _THRESHOLDS if name in changes}
@@ -552,6 +565,33 @@ class SegmenterNode(Node):
         if style:
             self._style = OverlayStyle(**{**self._style.__dict__, **style})
         return SetParametersResult(successful=True)
+
+    def _swap_from_parameters(self, changes: dict[str, Any]) -> None:
+        """Validate at once (the answer to `ros2 param set` carries any reason), then encode in
+        the background: `get_vocabulary` and the vocabulary topic say when it is in force. If
+        encoding fails, the parameters go back to the vocabulary in force."""
+        requested = self._requested_vocabulary(changes)
+        if "vocabulary_preset" in changes:  # checked even while `vocabulary` overrides it
+            VocabularyList.from_preset(changes["vocabulary_preset"])
+        if requested == self._vocabulary_source:
+            return
+        entries, preset = requested
+        vocabulary = VocabularyList.from_request(entries or None, preset or None)
+        previous = [
+            Parameter("vocabulary", Parameter.Type.STRING_ARRAY, list(self._param("vocabulary"))),
+            Parameter("vocabulary_preset", Parameter.Type.STRING, self._param("vocabulary_preset")),
+        ]
+
+        def done(outcome: VocabularyState | VocabularyError) -> None:
+            if isinstance(outcome, VocabularyState):
+                self._swapped(requested, outcome)
+                return
+            self.get_logger().error(f"vocabulary parameters not applied: {outcome}")
+            self.set_parameters_atomically(previous)
+
+        self.engine.vocabulary.swap_in_background(
+            lambda: vocabulary, done, f"{vocabulary.summary()} (parameters)"
+        )
 
     # ---- inference worker -----------------------------------------------------------------
 
@@ -702,15 +742,16 @@ class SegmenterNode(Node):
 
     def stop_worker(self, timeout: float = SHUTDOWN_GRACE_S) -> bool:
         """Stop inference promptly: nothing is published from now on, and a frame in flight is
-        interrupted between two network stages. False if the worker is still busy after
-        `timeout` (one stage slower than that); its frame is then abandoned."""
+        interrupted between two network stages. False if a thread is still inside torch: the
+        worker after `timeout` (one stage slower than that; its frame is abandoned) or a
+        vocabulary being encoded."""
         self._stopping.set()
         self.engine.interrupt()
         self._notify_worker()
         with self._publishing:  # a result going out right now finishes; none follows
             pass
         self._worker.join(timeout=timeout)
-        return not self._worker.is_alive()
+        return not self._worker.is_alive() and not self.engine.vocabulary.swapping
 
 
 def _on_signals(handler: Any) -> None:
@@ -765,7 +806,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             executor.shutdown(timeout_sec=1.0)
         if node is not None:
             if abandoned:
-                node.get_logger().warning("stopped during a slow network stage: frame abandoned")
+                node.get_logger().warning("stopped during a slow network stage or a vocabulary "
+                                          "encoding: that work is abandoned")
             node.destroy_node()
         rclpy.try_shutdown()
     if abandoned:  # the worker thread is inside torch: leave without finalising the interpreter

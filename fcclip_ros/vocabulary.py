@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -55,6 +56,10 @@ _PRESET_KINDS = {"thing": True, "stuff": False}
 
 class VocabularyError(ValueError):
     """A vocabulary that cannot be used; the message says exactly why."""
+
+
+class VocabularyBusyError(VocabularyError):
+    """A swap was asked for while another vocabulary is still being encoded."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +234,8 @@ class ActiveVocabulary:
     def __init__(self, embedder: ClassifierSource, initial: Vocabulary) -> None:
         self._embedder = embedder
         self._swap_lock = threading.Lock()
+        self._background_lock = threading.Lock()
+        self._background: tuple[str, float] | None = None  # (what, since) while encoding
         self._listeners: list[Callable[[VocabularyState], None]] = []
         self._state = VocabularyState(1, initial, embedder.classifier(initial))
 
@@ -245,6 +252,51 @@ class ActiveVocabulary:
     ) -> VocabularyState:
         """Validate, encode and install a new vocabulary; on any error the old one stays."""
         return self.replace(Vocabulary.from_request(entries, preset))
+
+    @property
+    def swapping(self) -> bool:
+        """True while a background swap is validating or encoding."""
+        return self._background is not None
+
+    def swap_in_background(
+        self,
+        make: Callable[[], Vocabulary],
+        done: Callable[[VocabularyState | VocabularyError], None],
+        description: str = "a vocabulary",
+    ) -> None:
+        """Build (``make()``, which validates), encode and install on a thread of its own, then
+        call ``done`` with the new state or the error: the caller, e.g. a ROS executor thread,
+        never waits for the text encoder, which takes minutes for thousands of new classes on a
+        CPU. One at a time: a request while one runs is refused at once (VocabularyBusyError).
+        """
+        with self._background_lock:
+            if self._background is not None:
+                what, since = self._background
+                raise VocabularyBusyError(
+                    f"busy: still encoding {what}, requested {time.monotonic() - since:.0f} s ago;"
+                    " the vocabulary in force is unchanged, try again when that swap is done"
+                )
+            self._background = (description, time.monotonic())
+        threading.Thread(
+            target=self._swap_and_report, args=(make, done), name="fcclip-vocabulary", daemon=True
+        ).start()
+
+    def _swap_and_report(
+        self,
+        make: Callable[[], Vocabulary],
+        done: Callable[[VocabularyState | VocabularyError], None],
+    ) -> None:
+        try:
+            outcome: VocabularyState | VocabularyError = self.replace(make())
+        except VocabularyError as error:
+            outcome = error
+        except Exception as error:  # whatever happened, the caller gets an answer
+            logger.exception("vocabulary swap failed")
+            outcome = VocabularyError(f"the swap failed: {error!r}")
+        finally:
+            with self._background_lock:
+                self._background = None
+        done(outcome)
 
     def replace(self, vocabulary: Vocabulary) -> VocabularyState:
         """Install an already validated vocabulary (see ``swap``)."""

@@ -171,6 +171,15 @@ class Peer:
     def get_vocabulary(self) -> Any:
         return self.call(self.get_client, GetVocabulary.Request())
 
+    def vocabulary_version_reaches(self, version: int, timeout: float = 30.0) -> Any:
+        """The vocabulary in force once it has `version` (parameter swaps encode in the
+        background); fails the test if it does not get there in time."""
+        deadline = time.monotonic() + timeout
+        while (in_force := self.get_vocabulary()).version < version:
+            assert time.monotonic() < deadline, f"still v{in_force.version}, waiting for v{version}"
+            self.spin_for(0.05)
+        return in_force
+
     def set_parameters(self, *parameters: Parameter, **values: Any) -> list[Any]:
         """Results (successful, reason) of setting each parameter on the node."""
         parameters += tuple(Parameter(name, value=value) for name, value in values.items())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import queue
 import threading
 
 import open_clip
@@ -17,6 +18,7 @@ from fcclip_ros.vocabulary import (
     PRESETS,
     ActiveVocabulary,
     Vocabulary,
+    VocabularyBusyError,
     VocabularyClass,
     VocabularyError,
     infer_is_thing,
@@ -368,3 +370,27 @@ def test_a_failing_listener_does_not_undo_the_swap() -> None:
     active.add_listener(lambda state: 1 / 0)
     assert active.swap(["dog"]).version == 2
     assert active.current.vocabulary.names == ("dog",)
+
+
+def test_background_swap_answers_through_done_and_refuses_a_second_one_as_busy() -> None:
+    embedder = FakeEmbedder()
+    active = ActiveVocabulary(embedder, Vocabulary.from_entries(["cat"]))
+    outcomes: queue.Queue = queue.Queue()
+    embedder.release.clear()
+    embedder.started.clear()
+
+    active.swap_in_background(lambda: Vocabulary.from_entries(["dog"]), outcomes.put, "dogs")
+    assert embedder.started.wait(timeout=10) and active.swapping
+    with pytest.raises(VocabularyBusyError, match=r"busy: still encoding dogs, requested \d+ s"):
+        active.swap_in_background(lambda: Vocabulary.from_preset("coco"), outcomes.put)
+    assert outcomes.empty() and active.current.version == 1  # the caller never waited
+
+    embedder.release.set()
+    state = outcomes.get(timeout=10)
+    assert state is active.current and state.vocabulary.names == ("dog",)
+    assert not active.swapping
+
+    active.swap_in_background(lambda: Vocabulary.from_entries(["a", "a"]), outcomes.put)
+    error = outcomes.get(timeout=10)
+    assert isinstance(error, VocabularyError) and "duplicate class names" in str(error)
+    assert active.current is state and not active.swapping
