@@ -22,9 +22,9 @@ model="${DEMO_MODEL:-convnext_large}"
 short_side="${DEMO_SHORT_SIDE:-320}"
 out="${DEMO_OUTPUT:-demo_output}"
 say() { printf '[demo] %s\n' "$*"; }
-# Fast DDS (the default RMW) drops most best-effort camera-sized frames with its default
-# transports (UDP fragments, small socket buffers); its large-data mode delivers them.
-export FASTDDS_BUILTIN_TRANSPORTS="${FASTDDS_BUILTIN_TRANSPORTS:-LARGE_DATA}"
+# Fast DDS (the default RMW) drops most best-effort camera-sized frames between processes with
+# its builtin transports; the shipped profile (shared memory with room for them) delivers all.
+export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$root/config/fastdds_large_images.xml}"
 
 checkpoint="$("$py" -c "from fcclip_ros.download import OFFICIAL_CHECKPOINTS, checkpoint_path as p
 print(p('$model') if '$model' in OFFICIAL_CHECKPOINTS else 'none (no official weights for $model)')")"

@@ -36,7 +36,7 @@ from test_image_conversion import message, mosaic, pack_422, to_16bit
 
 from fcclip_ros.image_conversion import image_to_rgb
 from fcclip_ros.msg import Vocabulary
-from fcclip_ros.node import PARAMETERS
+from fcclip_ros.node import PARAMETERS, dds_transport
 from fcclip_ros.result import UNLABELED
 from fcclip_ros.ros_commands import add_subcommands
 from fcclip_ros.srv import SetVocabulary
@@ -527,6 +527,7 @@ def test_random_weights_are_announced_loudly(peer, node):
     )
     values = engine_values()
     assert values["device"] == "cpu"
+    assert values["dds_transport"] == "Fast DDS builtin transports DEFAULT, localhost discovery"
     assert int(values["vocabulary_size"]) == len(in_force.classes)
 
 
@@ -745,3 +746,21 @@ def test_rviz_config_shows_the_overlay_of_the_default_camera():
     [default_topic] = next(s.default for s in PARAMETERS if s.name == "image_topics")
     overlay = f"/{output_namespace(default_topic)}/overlay"
     assert shown == [("rviz_default_plugins/Image", overlay)]
+
+
+@pytest.mark.parametrize(
+    ("env", "case", "advised"),
+    [
+        ({}, "Fast DDS builtin transports DEFAULT", True),
+        ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
+         "Fast DDS builtin transports LARGE_DATA, localhost discovery", True),
+        ({"FASTDDS_DEFAULT_PROFILES_FILE": "/p.xml"}, "Fast DDS profile /p.xml", False),
+        ({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, "rmw_cyclonedds_cpp (not Fast DDS)", False),
+    ],
+)
+def test_diagnostics_say_which_dds_transport_case_large_images_are_in(env, case, advised):
+    said, advice = dds_transport(env)
+    assert said == case
+    assert bool(advice) == advised
+    assert not advice or "config/fastdds_large_images.xml" in advice
+    assert (ROOT / "config" / "fastdds_large_images.xml").is_file()
