@@ -20,6 +20,7 @@ import torch
 
 from fcclip_ros.checkpoint import CheckpointError, load_fcclip_weights
 from fcclip_ros.download import checkpoint_path, default_cache_dir
+from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS, check_pixel_count
 from fcclip_ros.model.config import (
     CUSTOM_CLIP_ARCHITECTURES,
     VARIANTS,
@@ -28,7 +29,7 @@ from fcclip_ros.model.config import (
 )
 from fcclip_ros.model.fcclip import FCCLIP
 from fcclip_ros.postprocess import (
-    masks_to_original,
+    QueryMasks,
     panoptic_inference,
     semantic_inference,
     semantic_to_segmentation,
@@ -73,6 +74,7 @@ class EngineConfig:
     vocabulary: tuple[str, ...] = ()  # "name, synonym, ..." entries; empty = use the preset
     vocabulary_preset: str = "coco"
     seed: int = 0  # for random weights
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS  # larger images are refused, not segmented
 
 
 def resolve_device(name: str) -> torch.device:
@@ -116,6 +118,8 @@ def _check_config(config: EngineConfig) -> FCCLIPConfig:
         raise EngineError("input_short_side must be >= 0 and max_long_side > 0, got "
                           f"{config.input_short_side} and {config.max_long_side}")
     _check_thresholds(config.object_mask_threshold, config.overlap_threshold)
+    if config.max_input_pixels <= 0:
+        raise EngineError(f"max_input_pixels must be > 0, got {config.max_input_pixels}")
     return VARIANTS[config.model]
 
 
@@ -246,13 +250,22 @@ class Engine:
 
     def segment_batch(self, images_rgb: Sequence[np.ndarray],
                       with_confidence: bool | Sequence[bool] = True) -> list[Segmentation]:
-        """Segment images in one forward pass; all results refer to one vocabulary version."""
+        """Segment images in one forward pass; all results refer to one vocabulary version.
+
+        Images over `max_input_pixels` are refused before any work: post-processing memory grows
+        with the input's pixels (see fcclip_ros.postprocess), and so does the network's when
+        input_short_side is 0.
+        """
         if isinstance(with_confidence, bool):
             with_confidence = [with_confidence] * len(images_rgb)
         state = self.vocabulary.current  # a single snapshot: no frame mixes two vocabularies
         object_mask_threshold, overlap_threshold = self._thresholds
+        images = list(images_rgb)
         try:
-            batch = prepare_batch(list(images_rgb), self.config.input_short_side,
+            for image in images:
+                if isinstance(image, np.ndarray) and image.ndim >= 2:  # others: prepare_batch
+                    check_pixel_count(image.shape[1], image.shape[0], self.config.max_input_pixels)
+            batch = prepare_batch(images, self.config.input_short_side,
                                   self.config.max_long_side, self.device)
         except ValueError as error:
             raise EngineError(f"unusable image: {error}") from error
@@ -267,8 +280,8 @@ class Engine:
             results = []
             for i in range(len(batch)):
                 _stop_point(self._interrupted)
-                masks = masks_to_original(mask_logits[i], padded_size, batch.resized_sizes[i],
-                                          batch.original_sizes[i])
+                masks = QueryMasks(mask_logits[i], padded_size, batch.resized_sizes[i],
+                                   batch.original_sizes[i])
                 if self.mode == "panoptic":
                     panoptic = panoptic_inference(class_logits[i], masks, is_thing,
                                                   object_mask_threshold, overlap_threshold)

@@ -10,17 +10,30 @@ fails to import under NumPy 2) the NumPy/OpenCV path below does the same convers
 is scaled full range to 8 bits, Bayer mosaics are demosaiced bilinearly, YUV 4:2:2 uses OpenCV's
 BT.601 conversion. Either way the message geometry is validated first, so every unusable image
 raises :class:`ImageConversionError` with the precise reason.
+
+Hostile or broken publishers cannot make us allocate without bound: an image declaring more than
+``max_pixels`` is refused from its header (raw width/height, or the compressed file's header)
+before any pixel is copied or decoded. A 1 MB PNG may declare 30000x30000 pixels, 2.7 GB decoded.
 """
 
 from __future__ import annotations
 
 import array
+import io
 import sys
 from dataclasses import dataclass
 from typing import Any
 
 import cv2
 import numpy as np
+from PIL import (
+    BmpImagePlugin,
+    Jpeg2KImagePlugin,
+    JpegImagePlugin,
+    PngImagePlugin,
+    PpmImagePlugin,
+    TiffImagePlugin,
+)
 
 try:  # ROS 2's converter where installed; see the module docstring.
     from cv_bridge import CvBridge
@@ -30,8 +43,63 @@ except (ImportError, AttributeError):
     _BRIDGE = None
 
 
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 4096  # 16.8 MP: beyond any robot camera, 50 MB as RGB
+
+# PIL classes that read a file's header (size, mode) without decoding any pixel. They are used
+# directly, not through Image.open, because Image.open first applies PIL's own decompression-bomb
+# limit (a warning above 89 MP, an error above 179 MP, in PIL's words): max_pixels must be the one
+# limit, with our message. WebP is left out: PIL's WebP header reader allocates the whole canvas.
+_HEADER_READERS = (
+    JpegImagePlugin.JpegImageFile,
+    PngImagePlugin.PngImageFile,
+    TiffImagePlugin.TiffImageFile,
+    BmpImagePlugin.BmpImageFile,
+    PpmImagePlugin.PpmImageFile,
+    Jpeg2KImagePlugin.Jpeg2KImageFile,
+)
+_HEADER_FORMATS = "JPEG, PNG, TIFF, BMP, PNM or JPEG 2000"
+# Sample types the 8-bit conversion understands; anything else (float, signed) would turn black.
+_SAMPLE_TYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+
+
 class ImageConversionError(ValueError):
     """An image message that cannot be turned into pixels; the message says why."""
+
+
+def check_pixel_count(width: int, height: int, max_pixels: int) -> None:
+    """Refuse an image larger than `max_pixels`, from its declared size, before it is allocated."""
+    if width * height > max_pixels:
+        raise ImageConversionError(
+            f"image is {width}x{height} = {width * height} pixels,"
+            f" over max_input_pixels {max_pixels}"
+        )
+
+
+def declared_size(
+    data: bytes | memoryview, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+) -> tuple[int, int]:
+    """(height, width) of an encoded image as its header declares it, read without decoding.
+
+    Refuses data that is not a JPEG/PNG/TIFF/BMP/PNM/JPEG 2000 file, and images over
+    `max_pixels`, so that whoever decodes afterwards allocates at most `max_pixels` pixels.
+    """
+    complaints = []
+    for reader in _HEADER_READERS:
+        try:
+            header = reader(io.BytesIO(data))
+        except (SyntaxError, OSError, ValueError) as error:
+            # PIL's readers say "not a <format> file" when the signature differs; anything else
+            # is what is wrong with a file of this format (truncated, an unknown pixel mode, ...).
+            if not str(error).lower().startswith("not a"):
+                complaints.append(f"{reader.format} header: {error}")
+            continue
+        width, height = header.size
+        check_pixel_count(width, height, max_pixels)
+        return height, width
+    reason = "; ".join(complaints) or f"no {_HEADER_FORMATS} header found"
+    raise ImageConversionError(
+        f"could not decode {len(data)} bytes: {reason} (corrupt, truncated or another format?)"
+    )
 
 
 @dataclass(frozen=True)
@@ -114,13 +182,17 @@ def _to_uint8(pixels: np.ndarray) -> np.ndarray:
     return ((pixels.astype(np.uint32) * 2 + 257) // 514).astype(np.uint8)
 
 
-def image_to_rgb(msg: Any) -> np.ndarray:
-    """A sensor_msgs/Image (or any object with its fields) as RGB uint8 (H, W, 3)."""
+def image_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
+    """A sensor_msgs/Image (or any object with its fields) as RGB uint8 (H, W, 3).
+
+    Images declaring more than `max_pixels` are refused before their data is read.
+    """
     encoding = msg.encoding
     layout = _LAYOUTS.get(encoding)
     if layout is None:
         known = ", ".join(sorted(SUPPORTED_ENCODINGS))
         raise ImageConversionError(f"unsupported encoding {encoding!r} (supported: {known})")
+    check_pixel_count(int(msg.width), int(msg.height), max_pixels)
     if layout.channels == 2 and int(msg.width) % 2:
         raise ImageConversionError(f"{encoding} needs an even width, got {msg.width}")
     pixels = _raw_pixels(msg, layout)  # validates the geometry before any converter reads it
@@ -136,17 +208,35 @@ def image_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(pixels[:, :, 0] if layout.channels == 1 else pixels, layout.to_rgb)
 
 
-def compressed_to_rgb(msg: Any) -> np.ndarray:
-    """A sensor_msgs/CompressedImage (JPEG, PNG, anything cv2.imdecode reads) as RGB uint8."""
+def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
+    """A sensor_msgs/CompressedImage (JPEG, PNG, TIFF, BMP, PNM, JPEG 2000) as RGB uint8.
+
+    The size is read from the file's header and checked against `max_pixels` before decoding;
+    only 8- and 16-bit unsigned samples with 1, 3 or 4 channels are accepted (a float TIFF would
+    otherwise be taken for 16-bit data and segmented as a black frame).
+    """
     if "compresseddepth" in msg.format.lower().replace(" ", ""):
         raise ImageConversionError(f"format {msg.format!r} is a depth image, not a camera image")
     buffer = np.frombuffer(memoryview(msg.data).cast("B"), dtype=np.uint8)
     if buffer.size == 0:
         raise ImageConversionError("compressed image has no data")
-    decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    try:
+        declared_size(buffer.data, max_pixels)
+    except ImageConversionError as error:
+        raise ImageConversionError(f"format {msg.format!r}: {error}") from None
+    try:
+        decoded = cv2.imdecode(buffer, cv2.IMREAD_UNCHANGED)
+    except cv2.error:  # OpenCV's decoders assert on some damaged files instead of failing
+        decoded = None
     if decoded is None or decoded.size == 0:
         raise ImageConversionError(
             f"could not decode {buffer.size} bytes of format {msg.format!r} (corrupt or truncated?)"
+        )
+    channels = 1 if decoded.ndim == 2 else decoded.shape[2]
+    if decoded.dtype not in _SAMPLE_TYPES or channels not in (1, 3, 4):
+        raise ImageConversionError(
+            f"format {msg.format!r}: {channels}-channel {decoded.dtype} samples are not supported"
+            " (only 8- or 16-bit unsigned integers with 1, 3 or 4 channels)"
         )
     decoded = _to_uint8(decoded)
     if decoded.ndim == 2:

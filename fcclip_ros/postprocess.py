@@ -6,11 +6,33 @@ and id order); they take the final (Q, C+1) "logits" of the geometric ensemble, 
 is void. `to_segmentation` and `semantic_to_segmentation` turn a result into the maps and segment
 list the node publishes. Everything stays on the input's device until the final maps are copied
 to numpy; no step loops over pixels.
+
+Memory. The official code upsamples all Q masks to the caller's H x W at once (then takes
+their sigmoid and weighted copies) and semantic inference builds C x H x W class scores:
++1.1 GB for a VGA frame with 200 surviving queries, +1.5 GB for a VGA frame with LVIS's 1203
+classes. Here `QueryMasks.chunks` upsamples k = chunk_size queries at a time (each mask resized
+as an image of its own, so that its bits do not depend on the chunk; see masks_to_original);
+panoptic inference upsamples only the K queries that pass the thresholds and keeps a running
+per-pixel winner; semantic inference builds the class scores of a band of rows at a time. Peak
+extra memory of one frame's post-processing in bytes (float32, CPU or GPU), with (Hp, Wp) the
+padded network input, which input_short_side / max_long_side bound (at most 800 x 1344 with
+the official 800 / 1333) whatever the camera:
+
+    panoptic:  4*k*Hp*Wp + (4*k + 60)*H*W              independent of Q, K and C
+    semantic:  4*k*Hp*Wp + (4*k + 60)*H*W + 4*Q*H*W    independent of C
+
+4*k*Hp*Wp is one chunk upsampled to the padded input; 4*k*H*W the chunk at full size (turned
+into probabilities, then weighted, in place), or one band of class scores (C x rows x W
+floats: at most k*H*W, or C*W when C > k*H); 60*H*W the per-pixel winner and its bookkeeping,
+the label, id and confidence maps and their box reductions. Semantic inference also keeps every
+query's sigmoid at full size, 4*Q*H*W (0.3 GB for VGA with Q = 250): each pixel's class scores
+sum over all queries, and computing them from anything smaller would change their rounding and
+with it the argmax. bench/bench_memory.py measures these figures against the formula.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,6 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from fcclip_ros.result import UNLABELED, Segment, Segmentation
+
+MASK_CHUNK_SIZE = 8  # queries upsampled to the full size at once; see "Memory" above
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,15 @@ class PanopticSegment:
 class PanopticResult:
     ids: torch.Tensor  # (H, W) int32 segment id per pixel, 0 where no segment
     segments: list[PanopticSegment]
+
+
+@dataclass(frozen=True)
+class SemanticResult:
+    """The per-pixel outcome of the official C x H x W semantic scores, without storing them."""
+
+    labels: torch.Tensor  # (H, W) int64 argmax class
+    confidence: torch.Tensor  # (H, W) float32 argmax score / sum of the pixel's scores
+    num_classes: int
 
 
 @dataclass(frozen=True)
@@ -58,59 +91,130 @@ def masks_to_original(
 
     Bilinear upsampling to the padded network input, crop of the padding, bilinear resize to
     the original size (FC-CLIP's upsampling followed by detectron2's sem_seg_postprocess).
+    Each mask is resized as an image of its own, (Q, 1, h, w), rather than as one channel of a
+    (1, Q, h, w) image as the official code does: PyTorch's CPU kernel rounds differently for
+    exactly 3 channels on one thread, so a mask's result would depend on how many are resized
+    together. Both layouts give the same bits whenever each output's height + width exceeds 128;
+    below that (thumbnails) PyTorch vectorises over channels and they may differ by 1 ulp.
     """
     masks = F.interpolate(
-        mask_logits[None], size=tuple(padded_size), mode="bilinear", align_corners=False
-    )
+        mask_logits[:, None], size=tuple(padded_size), mode="bilinear", align_corners=False
+    )  # (Q, 1, Hp, Wp)
     masks = masks[..., : resized_size[0], : resized_size[1]]
     if tuple(resized_size) != tuple(original_size):
         # At equal sizes bilinear interpolation is the identity, so skipping it changes nothing.
         masks = F.interpolate(
             masks, size=tuple(original_size), mode="bilinear", align_corners=False
         )
-    return masks[0]
+    return masks[:, 0]
 
 
-def semantic_inference(class_logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
-    """Per-class score map (C, H, W) = sum over queries of P(class) x sigmoid(mask).
+@dataclass(frozen=True)
+class QueryMasks:
+    """One image's stride-4 mask logits and the sizes that bring them to the caller's image.
 
-    The void probability is dropped without renormalising, as in the official code.
+    Post-processing asks for the masks of the queries it needs, a few at a time, so that its
+    memory does not grow with the number of queries.
+    """
+
+    logits: torch.Tensor  # (Q, h, w) stride-4 mask logits
+    padded_size: tuple[int, int]  # (Hp, Wp) of the network input
+    resized_size: tuple[int, int]  # (h', w') of the image inside the padding
+    original_size: tuple[int, int]  # (H, W) of the caller's image
+    chunk_size: int = MASK_CHUNK_SIZE
+
+    def chunks(self, queries: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Full-size mask logits of `queries` (K,), in order, as contiguous (k, H, W) blocks.
+
+        k <= chunk_size. Every mask equals masks_to_original of all queries at once, bit for bit.
+        """
+        for start in range(0, queries.numel(), self.chunk_size):
+            chunk = self.logits[queries[start : start + self.chunk_size]]  # (k, h, w)
+            yield masks_to_original(
+                chunk, self.padded_size, self.resized_size, self.original_size
+            ).contiguous()
+
+
+def semantic_inference(class_logits: torch.Tensor, masks: QueryMasks) -> SemanticResult:
+    """Argmax class and its share of the official scores sum_q P(class) x sigmoid(mask_q).
+
+    The void probability is dropped without renormalising, as in the official code. The (C, H, W)
+    scores exist for a band of rows at a time (at most chunk_size x H x W floats, or C x W);
+    each band comes from the same matrix product as the full tensor, so scores and argmax are
+    the official ones, while the band's sum over classes may round differently (relative 1e-6).
     """
     class_probs = F.softmax(class_logits, dim=-1)[:, :-1]  # (Q, C)
-    return torch.einsum("qc,qhw->chw", class_probs, masks.sigmoid())
+    num_queries, num_classes = class_probs.shape
+    height, width = masks.original_size
+    device = class_logits.device
+    probs = torch.empty(num_queries, height, width, device=device)  # (Q, H, W) every sigmoid
+    start = 0
+    for chunk in masks.chunks(torch.arange(num_queries, device=device)):  # (k, H, W) logits
+        torch.sigmoid(chunk, out=probs[start : start + chunk.shape[0]])
+        start += chunk.shape[0]
+        del chunk  # freed before the next chunk is upsampled
+
+    labels = torch.empty(height, width, dtype=torch.long, device=device)
+    best = torch.empty(height, width, device=device)
+    total = torch.empty(height, width, device=device)
+    rows = max(1, masks.chunk_size * height // num_classes)  # C x rows x W <= chunk x H x W
+    for top in range(0, height, rows):
+        band = slice(top, top + rows)
+        scores = torch.einsum("qc,qhw->chw", class_probs, probs[:, band])  # (C, rows, W)
+        torch.max(scores, 0, out=(best[band], labels[band]))
+        torch.sum(scores, 0, dtype=torch.float32, out=total[band])
+        del scores  # freed before the next band is computed
+    confidence = best / total.clamp_min(torch.finfo(torch.float32).tiny)
+    return SemanticResult(labels, confidence, num_classes)
 
 
 def panoptic_inference(
     class_logits: torch.Tensor,
-    masks: torch.Tensor,
+    masks: QueryMasks,
     is_thing: torch.Tensor,
     object_mask_threshold: float = 0.0,
     overlap_threshold: float = 0.8,
 ) -> PanopticResult:
-    """Official panoptic merging of (Q, C+1) class logits and (Q, H, W) mask logits.
+    """Official panoptic merging of (Q, C+1) class logits and the queries' masks.
 
     Queries whose best class is not void and whose probability exceeds `object_mask_threshold`
     compete per pixel on probability x sigmoid(mask). A query becomes a segment where it wins and
     its own sigmoid is >= 0.5, if that region is not empty and it wins at least
     `overlap_threshold` of its own mask; stuff queries of one class share one segment.
+    Only those queries' masks are upsampled, a chunk at a time, into a running per-pixel winner.
     """
     num_classes = class_logits.shape[-1] - 1
     _check_is_thing(is_thing, num_classes)
     scores, labels = F.softmax(class_logits, dim=-1).max(-1)
-    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    scores, labels = scores[keep], labels[keep]
-    probs = masks[keep].sigmoid()  # (K, H, W)
-    height, width = masks.shape[-2:]
-    num_kept = probs.shape[0]
+    kept = (labels.ne(num_classes) & (scores > object_mask_threshold)).nonzero().flatten()
+    scores, labels = scores[kept], labels[kept]  # (K,) each, in query order
+    height, width = masks.original_size
+    device = class_logits.device
+    num_kept = kept.numel()
     if num_kept == 0:
-        return PanopticResult(
-            torch.zeros(height, width, dtype=torch.int32, device=masks.device), []
-        )
+        return PanopticResult(torch.zeros(height, width, dtype=torch.int32, device=device), [])
 
-    owner = (scores.view(-1, 1, 1) * probs).argmax(0)  # (H, W) kept query winning each pixel
-    in_own_mask = probs.gather(0, owner[None])[0] >= 0.5  # the winner's sigmoid >= 0.5 there
+    # The official argmax over all K queries keeps the first maximum (a NaN counts as the
+    # maximum), so a later chunk takes a pixel only with a strictly larger value or a first NaN.
+    best = torch.full((height, width), -torch.inf, device=device)  # winning prob x sigmoid
+    owner = torch.zeros(height, width, dtype=torch.long, device=device)  # kept query winning
+    in_own_mask = torch.zeros(height, width, dtype=torch.bool, device=device)  # its sigmoid >= 0.5
+    mask_area = torch.empty(num_kept, dtype=torch.long, device=device)
+    start = 0
+    for chunk in masks.chunks(kept):  # (k, H, W) logits, turned in place into probabilities
+        stop = start + chunk.shape[0]
+        own_mask = chunk.sigmoid_() >= 0.5  # (k, H, W) each query's own mask
+        # count_nonzero per mask: a sum over a dimension would first copy them all as int64.
+        mask_area[start:stop] = torch.stack([mask.count_nonzero() for mask in own_mask])
+        weighted = chunk.mul_(scores[start:stop].view(-1, 1, 1))  # prob x sigmoid, (k, H, W)
+        chunk_best, chunk_owner = weighted.max(0)  # (H, W) each
+        better = (chunk_best > best) | (chunk_best.isnan() & ~best.isnan())
+        best = torch.where(better, chunk_best, best)
+        owner = torch.where(better, chunk_owner + start, owner)
+        in_own_mask = torch.where(better, own_mask.gather(0, chunk_owner[None])[0], in_own_mask)
+        start = stop
+        del chunk, own_mask, weighted  # freed before the next chunk is upsampled
     won_area = torch.bincount(owner.flatten(), minlength=num_kept)
-    mask_area = (probs >= 0.5).flatten(1).sum(1)
     final_area = torch.bincount(owner[in_own_mask], minlength=num_kept)
     won, own, final = torch.stack([won_area, mask_area, final_area]).tolist()
     thing_of_class = is_thing.tolist()
@@ -135,7 +239,7 @@ def panoptic_inference(
         score_sums[segment_id - 1] += score * final[k]
         pixel_sums[segment_id - 1] += final[k]
 
-    lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=masks.device)
+    lookup = torch.tensor(segment_of_query, dtype=torch.int32, device=device)
     ids = torch.where(in_own_mask, lookup[owner], 0).to(torch.int32)
     segments = [
         PanopticSegment(i + 1, c, bool(thing_of_class[c]), score_sums[i] / pixel_sums[i])
@@ -207,34 +311,33 @@ def to_segmentation(
 
 
 def semantic_to_segmentation(
-    semseg: torch.Tensor,
+    semantic: SemanticResult,
     class_names: Sequence[str],
     is_thing: torch.Tensor,
     with_confidence: bool = False,
 ) -> Segmentation:
-    """The published form of a (C, H, W) semantic score map.
+    """The published form of a semantic result.
 
     Every pixel gets its argmax class; each class present is one segment, ids 1.. in ascending
     class id. Confidence = the argmax score's share of the pixel's summed scores (0..1); a
     segment's score is the mean confidence over its pixels.
     """
-    num_classes = semseg.shape[0]
+    num_classes = semantic.num_classes
     _check_is_thing(is_thing, num_classes)
-    best, labels = semseg.max(0)  # (H, W) each
-    total = semseg.sum(0, dtype=torch.float32)
-    confidence = best.float() / total.clamp_min(torch.finfo(torch.float32).tiny)
-    labels = labels.flatten()
+    confidence = semantic.confidence
+    labels = semantic.labels.flatten()
+    device = labels.device
     pixels = torch.bincount(labels, minlength=num_classes)
     classes = (pixels > 0).nonzero().flatten()  # (N,) present classes, ascending
-    id_of_class = torch.zeros(num_classes, dtype=torch.long, device=semseg.device)
-    id_of_class[classes] = torch.arange(1, classes.numel() + 1, device=semseg.device)
+    id_of_class = torch.zeros(num_classes, dtype=torch.long, device=device)
+    id_of_class[classes] = torch.arange(1, classes.numel() + 1, device=device)
     confidence_sums = torch.bincount(labels, weights=confidence.flatten(), minlength=num_classes)
     mean_confidence = (confidence_sums[classes] / pixels[classes]).tolist()
     class_list = classes.tolist()
     thing_of_class = is_thing.tolist()
     class_of_id = torch.cat([classes.new_tensor([UNLABELED]), classes]).to(torch.int32)
     return _publish(
-        id_of_class[labels].view(semseg.shape[1:]),
+        id_of_class[labels].view(semantic.labels.shape),
         class_of_id,
         mean_confidence,
         [bool(thing_of_class[c]) for c in class_list],

@@ -47,6 +47,9 @@ def resized_size(height: int, width: int, short_side: int, max_long_side: int) -
     The short side goes to `short_side`; if the long side would then exceed `max_long_side`,
     both are scaled down so it does not; each side is rounded with int(x + 0.5).
     `short_side` 0 means no resize (detectron2's NoOpTransform).
+
+    One deviation: a side is never rounded below 1 pixel. detectron2 would give 0 for frames as
+    thin as 4000x1 and then fail to resize; every size it can handle is unchanged.
     """
     if height <= 0 or width <= 0:
         raise ValueError(f"image size must be positive, got {height}x{width}")
@@ -64,7 +67,7 @@ def resized_size(height: int, width: int, short_side: int, max_long_side: int) -
     if max(new_h, new_w) > max_long_side:
         scale = max_long_side * 1.0 / max(new_h, new_w)
         new_h, new_w = new_h * scale, new_w * scale
-    return int(new_h + 0.5), int(new_w + 0.5)
+    return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
 
 
 def resize_image(image_rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -8,9 +8,13 @@ import imgviz
 import numpy as np
 import pytest
 import torch
+from test_postprocess import full_size, reference_panoptic, reference_semantic
 
 from fcclip_ros.checkpoint import official_state_dict
 from fcclip_ros.engine import Engine, EngineConfig, EngineError
+from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS
+from fcclip_ros.postprocess import QueryMasks, semantic_to_segmentation, to_segmentation
+from fcclip_ros.preprocess import prepare_batch
 from fcclip_ros.result import NO_INSTANCE, UNLABELED
 
 TINY = EngineConfig(model="tiny", weights="random", clip_weights="random",
@@ -124,6 +128,7 @@ def test_unusable_image_is_an_engine_error_and_the_engine_keeps_working(engine, 
         ({"vocabulary_preset": "imagenet"}, "unknown preset"),
         ({"vocabulary": ("cup", "cup")}, "duplicate"),
         ({"object_mask_threshold": -0.1}, "object_mask_threshold"),
+        ({"max_input_pixels": 0}, "max_input_pixels must be > 0"),
     ],
 )
 def test_bad_configuration_is_refused_with_the_reason(tmp_path, change, message):
@@ -148,3 +153,74 @@ def test_mismatched_checkpoint_is_refused_naming_the_problem(tmp_path, engine):
     torch.save({"model": state}, path)
     with pytest.raises(EngineError, match="query_feat"):
         Engine(replace(TINY, cache_dir=str(tmp_path), weights=str(path)))
+
+
+def previous_post_processing(engine: Engine, image: np.ndarray):
+    """The engine's own network outputs, post-processed by the previous implementation."""
+    state = engine.vocabulary.current
+    batch = prepare_batch([image], engine.config.input_short_side, engine.config.max_long_side)
+    with torch.inference_mode():
+        mask_logits, class_logits = engine.model(batch.tensor, state.classifier)
+    masks = full_size(QueryMasks(mask_logits[0], tuple(batch.tensor.shape[-2:]),
+                                 batch.resized_sizes[0], batch.original_sizes[0]))
+    is_thing = torch.tensor(state.vocabulary.is_thing)
+    names = state.vocabulary.names
+    if engine.mode == "panoptic":
+        panoptic = reference_panoptic(class_logits[0], masks, is_thing, *engine.thresholds)
+        return to_segmentation(panoptic, names, with_confidence=True)
+    semantic = reference_semantic(class_logits[0], masks)
+    return semantic_to_segmentation(semantic, names, is_thing, with_confidence=True)
+
+
+def test_panoptic_result_equals_the_previous_post_processing_on_a_real_photo(engine, photo):
+    # All 20 queries of the tiny random model survive: three chunks of masks, 160x213 -> 480x640.
+    result, expected = engine.segment(photo), previous_post_processing(engine, photo)
+    assert len(expected.segments) > 0
+    assert np.array_equal(result.instances, expected.instances)
+    assert np.array_equal(result.labels, expected.labels)
+    assert np.array_equal(result.confidence, expected.confidence)
+    assert result.segments == expected.segments
+
+
+def test_semantic_result_equals_the_previous_post_processing_on_a_real_photo(tmp_path, photo):
+    engine = Engine(replace(TINY, mode="semantic", vocabulary_preset="lvis",
+                            cache_dir=str(tmp_path)))
+    result, expected = engine.segment(photo), previous_post_processing(engine, photo)
+    assert np.array_equal(result.labels, expected.labels)
+    assert np.array_equal(result.instances, expected.instances)
+    np.testing.assert_allclose(result.confidence, expected.confidence, rtol=1e-6, atol=0)
+    assert [(s.id, s.class_id, s.area, s.bbox) for s in result.segments] == [
+        (s.id, s.class_id, s.area, s.bbox) for s in expected.segments
+    ]
+    assert [s.score for s in result.segments] == pytest.approx(
+        [s.score for s in expected.segments], rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("mode", ["panoptic", "semantic"])
+@pytest.mark.parametrize("shape", [(1, 4000), (4000, 1)])
+def test_extreme_aspect_ratios_are_segmented_at_the_input_size(tmp_path, mode, shape):
+    # The resize used to round the short side to 0 pixels and fail.
+    engine = Engine(replace(TINY, mode=mode, input_short_side=800, max_long_side=1333,
+                            cache_dir=str(tmp_path)))
+    image = np.random.default_rng(0).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    result = engine.segment(image)
+    check_consistent(result, *shape, 133)
+    assert result.confidence.shape == shape
+
+
+def test_images_over_max_input_pixels_are_refused_before_any_work(tmp_path, photo):
+    assert EngineConfig().max_input_pixels == DEFAULT_MAX_INPUT_PIXELS == 4096 * 4096
+    engine = Engine(replace(TINY, max_input_pixels=640 * 480 - 1, cache_dir=str(tmp_path)))
+    calls = []
+    engine.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    with pytest.raises(EngineError) as error:
+        engine.segment_batch([photo[:100, :100], photo])
+    assert str(error.value) == (
+        "unusable image: image is 640x480 = 307200 pixels, over max_input_pixels 307199"
+    )
+    assert calls == []
+    assert engine.segment(photo[:479]).labels.shape == (479, 640)
+    giant = np.broadcast_to(np.uint8(0), (4097, 4096, 3))  # no memory behind it
+    with pytest.raises(EngineError, match="4096x4097 = 16781312 pixels, over max_input_pixels"):
+        Engine(replace(TINY, cache_dir=str(tmp_path))).segment(giant)

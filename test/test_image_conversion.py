@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import struct
+import warnings
+import zlib
 from types import SimpleNamespace
 
 import cv2
@@ -11,9 +14,11 @@ import skimage.data
 
 from fcclip_ros import image_conversion
 from fcclip_ros.image_conversion import (
+    DEFAULT_MAX_INPUT_PIXELS,
     SUPPORTED_ENCODINGS,
     ImageConversionError,
     compressed_to_rgb,
+    declared_size,
     fill_image,
     image_to_rgb,
 )
@@ -210,11 +215,27 @@ def test_jpeg_compressed_images_decode_close_to_the_original():
         (SimpleNamespace(format="jpeg", data=b""), "no data"),
         (SimpleNamespace(format="jpeg", data=b"\xff\xd8 not really a jpeg"), "could not decode"),
         (SimpleNamespace(format="16UC1; compressedDepth png", data=b"x"), "depth image"),
+        (SimpleNamespace(format="png", data=b"hello"), "no JPEG, PNG, TIFF, BMP, PNM or JPEG 2000"),
+        # PIL's WebP header reader allocates the whole canvas, so WebP is not accepted.
+        (compressed(RGB, ".webp"), "no JPEG, PNG, TIFF, BMP, PNM or JPEG 2000 header"),
+        (
+            SimpleNamespace(format="png", data=compressed(RGB, ".png").data[:20]),
+            "PNG header: Truncated File Read",
+        ),
     ],
 )
 def test_unusable_compressed_images_raise_a_precise_reason(msg, reason):
     with pytest.raises(ImageConversionError, match=reason):
         compressed_to_rgb(msg)
+
+
+def test_decoder_assertions_are_a_refusal(monkeypatch):
+    def asserting(*_):
+        raise cv2.error("OpenCV(4.12.0) loadsave.cpp:77: error: (-215:Assertion failed)")
+
+    monkeypatch.setattr(image_conversion.cv2, "imdecode", asserting)
+    with pytest.raises(ImageConversionError, match="could not decode"):
+        compressed_to_rgb(compressed(RGB, ".bmp"))
 
 
 def test_truncated_jpeg_is_refused_or_decoded_but_never_crashes():
@@ -273,3 +294,108 @@ def test_cv_bridge_converts_when_installed_after_our_geometry_checks(monkeypatch
     assert calls == ["rgb8"]  # refused before cv_bridge saw it
     with pytest.raises(ImageConversionError, match="cv_bridge could not convert yuyv"):
         image_to_rgb(message(pack_422(RGB, "yuyv"), "yuyv"))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """The start of an 8-bit RGB PNG declaring width x height: a decompression bomb's header.
+
+    A real bomb follows it with ~1 MB of deflated zeros that decode to width x height x 3 bytes;
+    the header alone must be enough to refuse it.
+    """
+
+    def chunk(kind: bytes, payload: bytes) -> bytes:
+        crc = zlib.crc32(kind + payload)
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(99)))
+
+
+OVER_4095 = "64x64 = 4096 pixels, over max_input_pixels 4095"
+
+
+def test_default_pixel_limit_is_4096_squared():
+    assert DEFAULT_MAX_INPUT_PIXELS == 4096 * 4096 == 16777216
+
+
+def test_raw_images_over_the_pixel_limit_are_refused_before_their_data_is_read():
+    giant = SimpleNamespace(height=30000, width=30000, encoding="rgb8", is_bigendian=0,
+                            step=90000, data=None)  # data is never looked at
+    with pytest.raises(ImageConversionError) as error:
+        image_to_rgb(giant)
+    assert "image is 30000x30000 = 900000000 pixels, over max_input_pixels 16777216" in str(
+        error.value
+    )
+    with pytest.raises(ImageConversionError, match=OVER_4095):
+        image_to_rgb(message(RGB, "rgb8"), max_pixels=4095)
+    np.testing.assert_array_equal(image_to_rgb(message(RGB, "rgb8"), max_pixels=4096), RGB)
+
+
+def test_compressed_bomb_is_refused_from_its_header_without_decoding(monkeypatch):
+    def no_decoding(*_):
+        raise AssertionError("cv2.imdecode was called")
+
+    monkeypatch.setattr(image_conversion.cv2, "imdecode", no_decoding)
+    bomb = SimpleNamespace(format="png", data=png_declaring(30000, 30000))
+    with pytest.raises(ImageConversionError) as error:
+        compressed_to_rgb(bomb)
+    assert str(error.value) == (
+        "format 'png': image is 30000x30000 = 900000000 pixels, over max_input_pixels 16777216"
+    )
+
+
+@pytest.mark.parametrize("extension", [".png", ".jpg", ".tiff", ".bmp", ".ppm", ".pgm"])
+def test_every_accepted_format_is_size_checked_from_its_header(extension):
+    pixels = gray(RGB) if extension == ".pgm" else RGB[..., ::-1]
+    msg = compressed(pixels, extension)
+    assert declared_size(msg.data) == (64, 64)
+    with pytest.raises(ImageConversionError, match=OVER_4095):
+        compressed_to_rgb(msg, max_pixels=4095)
+    assert compressed_to_rgb(msg, max_pixels=4096).shape == (64, 64, 3)
+
+
+def test_our_pixel_limit_replaces_pils_decompression_bomb_check():
+    # PIL's Image.open warns above 89 MP and refuses above 179 MP, with its own message.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert declared_size(png_declaring(10000, 10000), max_pixels=10**9) == (10000, 10000)
+        assert declared_size(png_declaring(20000, 20000), max_pixels=10**9) == (20000, 20000)
+        with pytest.raises(ImageConversionError, match="20000x20000 = 400000000 pixels, over"):
+            declared_size(png_declaring(20000, 20000))
+
+
+@pytest.mark.parametrize(
+    ("pixels", "reason"),
+    [
+        (np.linspace(0, 1, 64 * 64, dtype=np.float32).reshape(64, 64), "1-channel float32"),
+        (np.full((64, 64), np.nan, dtype=np.float32), "1-channel float32"),
+        (np.zeros((64, 64), dtype=np.int16), "1-channel int16"),
+        (np.zeros((64, 64), dtype=np.int32), "1-channel int32"),
+        # Sample types PIL's header reader does not know are refused before decoding.
+        (np.zeros((64, 64), dtype=np.float64), "TIFF header: unknown pixel mode"),
+        (np.zeros((64, 64, 3), dtype=np.float32), "TIFF header: unknown pixel mode"),  # LogLuv
+    ],
+)
+def test_compressed_images_with_unsupported_sample_types_are_refused(pixels, reason):
+    # A float TIFF used to be taken for 16-bit data and segmented as a black frame.
+    with pytest.raises(ImageConversionError) as error:
+        compressed_to_rgb(compressed(pixels, ".tiff"))
+    assert reason in str(error.value)
+
+
+@pytest.mark.parametrize("extension", [".png", ".jpg", ".tiff", ".bmp", ".ppm"])
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data")  # PIL's TIFF reader, on damaged tags
+def test_damaged_headers_are_refused_or_decoded_but_never_crash(extension):
+    data = compressed(RGB[..., ::-1], extension).data
+    rng = np.random.default_rng(0)
+    damaged = [data[:length] for length in (1, 2, 3, 4, 8, 12, 16, 24, 33, 64, len(data) // 2)]
+    for _ in range(40):
+        flipped = bytearray(data)
+        flipped[rng.integers(0, min(len(data), 64))] ^= 1 << int(rng.integers(0, 8))
+        damaged.append(bytes(flipped))
+    for candidate in damaged:
+        try:
+            decoded = compressed_to_rgb(SimpleNamespace(format=extension[1:], data=candidate))
+        except ImageConversionError:
+            continue
+        assert decoded.dtype == np.uint8 and decoded.ndim == 3 and decoded.shape[2] == 3

@@ -1,14 +1,25 @@
-"""Post-processing reproduces FC-CLIP's semantic / panoptic / instance inference."""
+"""Post-processing reproduces FC-CLIP's semantic / panoptic / instance inference.
+
+The chunked post-processing is compared with `reference_panoptic` / `reference_semantic`, the
+previous implementation that upsampled every query's mask at once and built the C x H x W scores.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fcclip_ros import postprocess
 from fcclip_ros.postprocess import (
     PanopticResult,
+    PanopticSegment,
+    QueryMasks,
+    SemanticResult,
     instance_inference,
     masks_to_original,
     panoptic_inference,
@@ -21,6 +32,73 @@ from fcclip_ros.result import UNLABELED, Segmentation
 NUM_QUERIES, NUM_CLASSES, HEIGHT, WIDTH = 20, 5, 48, 64
 IS_THING = torch.tensor([True, True, False, True, False])
 NAMES = ["person", "car", "sky", "dog", "road"]
+
+
+def at_full_size(masks: torch.Tensor) -> QueryMasks:
+    """(Q, H, W) masks already at the image size (bilinear resizing to the same size is exact)."""
+    size = tuple(masks.shape[-2:])
+    return QueryMasks(masks, size, size, size)
+
+
+def reference_panoptic(
+    class_logits: torch.Tensor,
+    masks: torch.Tensor,
+    is_thing: torch.Tensor,
+    object_mask_threshold: float = 0.0,
+    overlap_threshold: float = 0.8,
+) -> PanopticResult:
+    """The previous panoptic_inference, verbatim: every kept (K, H, W) mask at once."""
+    num_classes = class_logits.shape[-1] - 1
+    scores, labels = F.softmax(class_logits, dim=-1).max(-1)
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    scores, labels = scores[keep], labels[keep]
+    probs = masks[keep].sigmoid()  # (K, H, W)
+    height, width = masks.shape[-2:]
+    num_kept = probs.shape[0]
+    if num_kept == 0:
+        return PanopticResult(torch.zeros(height, width, dtype=torch.int32), [])
+    owner = (scores.view(-1, 1, 1) * probs).argmax(0)
+    in_own_mask = probs.gather(0, owner[None])[0] >= 0.5
+    won_area = torch.bincount(owner.flatten(), minlength=num_kept)
+    mask_area = (probs >= 0.5).flatten(1).sum(1)
+    final_area = torch.bincount(owner[in_own_mask], minlength=num_kept)
+    won, own, final = torch.stack([won_area, mask_area, final_area]).tolist()
+    thing_of_class = is_thing.tolist()
+    segment_of_query = [0] * num_kept
+    classes: list[int] = []
+    score_sums: list[float] = []
+    pixel_sums: list[int] = []
+    stuff_segment: dict[int, int] = {}
+    for k, (class_id, score) in enumerate(zip(labels.tolist(), scores.tolist(), strict=True)):
+        if final[k] == 0 or won[k] / own[k] < overlap_threshold:
+            continue
+        segment_id = len(classes) + 1
+        if not thing_of_class[class_id]:
+            segment_id = stuff_segment.setdefault(class_id, segment_id)
+        if segment_id > len(classes):
+            classes.append(class_id)
+            score_sums.append(0.0)
+            pixel_sums.append(0)
+        segment_of_query[k] = segment_id
+        score_sums[segment_id - 1] += score * final[k]
+        pixel_sums[segment_id - 1] += final[k]
+    lookup = torch.tensor(segment_of_query, dtype=torch.int32)
+    ids = torch.where(in_own_mask, lookup[owner], 0).to(torch.int32)
+    segments = [
+        PanopticSegment(i + 1, c, bool(thing_of_class[c]), score_sums[i] / pixel_sums[i])
+        for i, c in enumerate(classes)
+    ]
+    return PanopticResult(ids, segments)
+
+
+def reference_semantic(class_logits: torch.Tensor, masks: torch.Tensor) -> SemanticResult:
+    """The previous semantic path: the full (C, H, W) scores, their argmax and its share."""
+    class_probs = F.softmax(class_logits, dim=-1)[:, :-1]
+    semseg = torch.einsum("qc,qhw->chw", class_probs, masks.sigmoid())
+    best, labels = semseg.max(0)
+    total = semseg.sum(0, dtype=torch.float32)
+    confidence = best.float() / total.clamp_min(torch.finfo(torch.float32).tiny)
+    return SemanticResult(labels, confidence, semseg.shape[0])
 
 
 def random_outputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,7 +190,7 @@ def test_panoptic_matches_the_official_per_query_algorithm(
 ) -> None:
     class_logits, masks = random_outputs(seed)
     result = panoptic_inference(
-        class_logits, masks, IS_THING, object_mask_threshold, overlap_threshold
+        class_logits, at_full_size(masks), IS_THING, object_mask_threshold, overlap_threshold
     )
     expected_ids, expected_segments = official_panoptic(
         class_logits, masks, IS_THING, object_mask_threshold, overlap_threshold
@@ -129,7 +207,7 @@ def test_panoptic_matches_the_official_per_query_algorithm(
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_panoptic_segments_pass_both_thresholds(seed: int) -> None:
     class_logits, masks = random_outputs(seed)
-    result = panoptic_inference(class_logits, masks, IS_THING, 0.0, 0.8)
+    result = panoptic_inference(class_logits, at_full_size(masks), IS_THING, 0.0, 0.8)
     scores, labels = class_logits.softmax(-1).max(-1)
     winner = owners(class_logits, masks, 0.0)
     sigmoid = masks.sigmoid()
@@ -160,7 +238,7 @@ def test_panoptic_merges_stuff_of_one_class_and_numbers_in_query_order() -> None
     masks = torch.full((5, 8, 8), -8.0)
     masks[0, :4, :4] = masks[1, 4:, 4:] = masks[2, :4, 4:] = masks[3, 4:, :4] = 8.0
     masks[4] = 8.0
-    result = panoptic_inference(class_logits, masks, torch.tensor([False, True]))
+    result = panoptic_inference(class_logits, at_full_size(masks), torch.tensor([False, True]))
     assert [(s.id, s.class_id, s.is_thing) for s in result.segments] == [
         (1, 0, False),
         (2, 1, True),
@@ -176,7 +254,7 @@ def test_panoptic_merges_stuff_of_one_class_and_numbers_in_query_order() -> None
 def test_void_queries_never_produce_segments() -> None:
     class_logits, masks = random_outputs(0)
     class_logits[:, -1] += 50
-    result = panoptic_inference(class_logits, masks, IS_THING)
+    result = panoptic_inference(class_logits, at_full_size(masks), IS_THING)
     assert result.segments == []
     assert not result.ids.any()
     segmentation = to_segmentation(result, NAMES, with_confidence=True)
@@ -186,10 +264,14 @@ def test_void_queries_never_produce_segments() -> None:
 
 def test_raising_object_mask_threshold_removes_low_score_segments() -> None:
     class_logits, masks = random_outputs(1)
-    before = panoptic_inference(class_logits, masks, IS_THING, object_mask_threshold=0.0)
+    before = panoptic_inference(
+        class_logits, at_full_size(masks), IS_THING, object_mask_threshold=0.0
+    )
     threshold = float(np.median([s.score for s in before.segments]))
     assert any(s.score <= threshold for s in before.segments)
-    after = panoptic_inference(class_logits, masks, IS_THING, object_mask_threshold=threshold)
+    after = panoptic_inference(
+        class_logits, at_full_size(masks), IS_THING, object_mask_threshold=threshold
+    )
     assert after.segments
     assert all(s.score > threshold for s in after.segments)
     scores = class_logits.softmax(-1).max(-1).values
@@ -200,7 +282,7 @@ def test_raising_object_mask_threshold_removes_low_score_segments() -> None:
 @pytest.mark.parametrize("seed", [0, 1])
 def test_to_segmentation_maps_areas_boxes_and_confidence(seed: int) -> None:
     class_logits, masks = random_outputs(seed)
-    result = panoptic_inference(class_logits, masks, IS_THING)
+    result = panoptic_inference(class_logits, at_full_size(masks), IS_THING)
     segmentation = to_segmentation(result, NAMES, with_confidence=True)
     assert segmentation.labels.dtype == segmentation.instances.dtype == np.uint16
     assert segmentation.confidence.dtype == np.float32
@@ -217,19 +299,22 @@ def test_to_segmentation_maps_areas_boxes_and_confidence(seed: int) -> None:
     assert to_segmentation(result, NAMES).confidence is None
 
 
-def test_semantic_inference_is_the_probability_weighted_sum_of_masks() -> None:
+def test_semantic_inference_is_the_argmax_of_the_probability_weighted_sum_of_masks() -> None:
     class_logits, masks = random_outputs(0)
-    semseg = semantic_inference(class_logits, masks)
+    semantic = semantic_inference(class_logits, at_full_size(masks))
     probs = class_logits.softmax(-1)
     expected = sum(probs[q, :-1, None, None] * masks[q].sigmoid() for q in range(NUM_QUERIES))
-    torch.testing.assert_close(semseg, expected)
+    assert semantic.num_classes == NUM_CLASSES
+    assert torch.equal(semantic.labels, expected.argmax(0))
+    torch.testing.assert_close(semantic.confidence, expected.max(0).values / expected.sum(0))
 
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_semantic_segmentation_labels_every_pixel_with_its_share_of_scores(seed: int) -> None:
     class_logits, masks = random_outputs(seed)
-    semseg = semantic_inference(class_logits, masks)
-    segmentation = semantic_to_segmentation(semseg, NAMES, IS_THING, with_confidence=True)
+    semseg = torch.einsum("qc,qhw->chw", class_logits.softmax(-1)[:, :-1], masks.sigmoid())
+    semantic = semantic_inference(class_logits, at_full_size(masks))
+    segmentation = semantic_to_segmentation(semantic, NAMES, IS_THING, with_confidence=True)
     assert not np.any(segmentation.labels == UNLABELED)
     assert segmentation.instances.min() >= 1
     np.testing.assert_array_equal(segmentation.labels, semseg.argmax(0).numpy())
@@ -244,7 +329,7 @@ def test_semantic_segmentation_labels_every_pixel_with_its_share_of_scores(seed:
         mean = float(segmentation.confidence[pixels].mean())
         assert segment.score == pytest.approx(mean, rel=1e-5)
         assert segment.is_thing == bool(IS_THING[segment.class_id])
-    assert semantic_to_segmentation(semseg, NAMES, IS_THING).confidence is None
+    assert semantic_to_segmentation(semantic, NAMES, IS_THING).confidence is None
 
 
 @pytest.mark.parametrize("top_k", [7, 100])
@@ -298,7 +383,7 @@ def test_masks_to_original_without_resize_is_the_cropped_upsampling() -> None:
 def test_wrong_number_of_thing_flags_is_an_error() -> None:
     class_logits, masks = random_outputs(0)
     with pytest.raises(ValueError, match="is_thing"):
-        panoptic_inference(class_logits, masks, IS_THING[:3])
+        panoptic_inference(class_logits, at_full_size(masks), IS_THING[:3])
 
 
 def test_empty_panoptic_result_gives_no_segments() -> None:
@@ -306,3 +391,192 @@ def test_empty_panoptic_result_gives_no_segments() -> None:
     segmentation = to_segmentation(empty, NAMES)
     assert segmentation.segments == []
     assert np.all(segmentation.labels == UNLABELED)
+
+
+# Sizes as the engine sees them: stride-4 logits of a padded network input holding a resized
+# image, mapped back to an original image that is larger, smaller or equal to the resized one.
+GEOMETRIES = {
+    "upsampled": ((24, 32), (96, 128), (90, 125), (151, 209)),
+    "downsampled": ((24, 32), (96, 128), (90, 125), (61, 85)),
+    "not resized": ((24, 32), (96, 128), (90, 125), (90, 125)),
+    # Below height + width = 128 PyTorch's CPU resize vectorises over channels: the previous
+    # (1, Q, h, w) layout may then differ by 1 ulp, so this one is only checked for chunking.
+    "thumbnail": ((8, 10), (32, 40), (30, 37), (20, 25)),
+}
+EXACT = [name for name in GEOMETRIES if name != "thumbnail"]
+
+
+def stride4_outputs(
+    seed: int, num_queries: int, logits_size: tuple[int, int], num_classes: int = NUM_CLASSES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(Q, C+1) class logits and (Q, h, w) stride-4 mask logits of overlapping noisy blobs.
+
+    A quarter of the queries are void. Queries 2 and 5 are copied into 10 and 6 (class and mask):
+    exact ties between queries, within one chunk of 8 and across two, which the official argmax
+    resolves in favour of the first.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    height, width = logits_size
+    class_logits = torch.randn(num_queries, num_classes + 1, generator=generator) * 3
+    class_logits[: num_queries // 4, -1] += 20
+    centres = torch.rand(num_queries, 2, 1, 1, generator=generator) * torch.tensor(
+        [height, width]
+    ).view(1, 2, 1, 1)
+    radii = 2 + 5 * torch.rand(num_queries, 1, 1, generator=generator)
+    ys = torch.arange(height, dtype=torch.float32).view(1, -1, 1)
+    xs = torch.arange(width, dtype=torch.float32).view(1, 1, -1)
+    distance = ((ys - centres[:, 0]) ** 2 + (xs - centres[:, 1]) ** 2).sqrt()
+    noise = torch.randn(num_queries, height, width, generator=generator)
+    masks = 8 * (radii - distance) / radii + noise
+    for source, copy in ((2, 10), (5, 6)):
+        class_logits[copy], masks[copy] = class_logits[source], masks[source]
+    return class_logits, masks
+
+
+def query_masks(logits: torch.Tensor, geometry: str, chunk_size: int) -> QueryMasks:
+    _, padded, resized, original = GEOMETRIES[geometry]
+    return QueryMasks(logits, padded, resized, original, chunk_size)
+
+
+def full_size(masks: QueryMasks) -> torch.Tensor:
+    """(Q, H, W) every mask at once, as the previous masks_to_original did: one (1, Q, h, w)
+    image, as the official code does."""
+    resized = masks.resized_size
+    upsampled = F.interpolate(
+        masks.logits[None], size=masks.padded_size, mode="bilinear", align_corners=False
+    )[..., : resized[0], : resized[1]]
+    if resized != masks.original_size:
+        upsampled = F.interpolate(
+            upsampled, size=masks.original_size, mode="bilinear", align_corners=False
+        )
+    return upsampled[0]
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_query_mask_chunks_are_the_full_upsampling_bit_for_bit(geometry, chunk_size, threads):
+    _, logits = stride4_outputs(0, 24, GEOMETRIES[geometry][0])
+    masks = query_masks(logits, geometry, chunk_size)
+    queries = torch.tensor([0, 3, 4, 9, 10, 11, 12, 17, 23])
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)  # one thread and 3 masks is where the (1, Q) layout differs
+    try:
+        chunks = list(masks.chunks(queries))
+        everything = masks_to_original(logits, *GEOMETRIES[geometry][1:])
+        official = full_size(masks)
+    finally:
+        torch.set_num_threads(previous_threads)
+    assert [len(c) for c in chunks] == [
+        min(chunk_size, len(queries) - start) for start in range(0, len(queries), chunk_size)
+    ]
+    assert all(c.is_contiguous() for c in chunks)
+    assert torch.equal(torch.cat(chunks), everything[queries])
+    if geometry in EXACT:
+        assert torch.equal(everything, official)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("geometry", EXACT)
+@pytest.mark.parametrize("chunk_size", [1, 3, 8, 100])
+@pytest.mark.parametrize(("object_mask_threshold", "overlap_threshold"), [(0.0, 0.8), (0.4, 0.5)])
+def test_chunked_panoptic_equals_the_previous_implementation(
+    seed, geometry, chunk_size, object_mask_threshold, overlap_threshold
+):
+    class_logits, logits = stride4_outputs(seed, 24, GEOMETRIES[geometry][0])
+    masks = query_masks(logits, geometry, chunk_size)
+    result = panoptic_inference(
+        class_logits, masks, IS_THING, object_mask_threshold, overlap_threshold
+    )
+    expected = reference_panoptic(
+        class_logits, full_size(masks), IS_THING, object_mask_threshold, overlap_threshold
+    )
+    assert len(expected.segments) > 1
+    assert torch.equal(result.ids, expected.ids)
+    assert result.segments == expected.segments  # scores equal to the last bit
+
+
+def test_chunked_panoptic_ranks_nan_like_the_previous_implementation():
+    class_logits, logits = stride4_outputs(3, 24, GEOMETRIES["upsampled"][0])
+    class_logits[:, -1] = -20  # every query kept
+    logits[9, 4:12, 5:15] = torch.nan  # a NaN in a later chunk beats earlier queries' values
+    logits[17, 8:16, 10:20] = torch.nan  # the first NaN (query 9) keeps the pixels both cover
+    masks = query_masks(logits, "upsampled", 8)
+    result = panoptic_inference(class_logits, masks, IS_THING)
+    expected = reference_panoptic(class_logits, full_size(masks), IS_THING)
+    assert torch.equal(result.ids, expected.ids)
+    assert result.segments == expected.segments
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("geometry", EXACT)
+@pytest.mark.parametrize(("num_classes", "chunk_size"), [(5, 8), (300, 8), (300, 1), (5, 100)])
+def test_banded_semantic_equals_the_previous_implementation(
+    seed, geometry, num_classes, chunk_size
+):
+    class_logits, logits = stride4_outputs(seed, 24, GEOMETRIES[geometry][0], num_classes)
+    masks = query_masks(logits, geometry, chunk_size)
+    result = semantic_inference(class_logits, masks)
+    expected = reference_semantic(class_logits, full_size(masks))
+    assert result.num_classes == expected.num_classes == num_classes
+    assert torch.equal(result.labels, expected.labels)
+    # The sum over classes of a band may round differently from that of the full tensor.
+    torch.testing.assert_close(result.confidence, expected.confidence, rtol=1e-6, atol=0)
+    is_thing = torch.arange(num_classes) % 2 == 0
+    names = [f"class {c}" for c in range(num_classes)]
+    published = semantic_to_segmentation(result, names, is_thing, with_confidence=True)
+    previous = semantic_to_segmentation(expected, names, is_thing, with_confidence=True)
+    np.testing.assert_array_equal(published.labels, previous.labels)
+    np.testing.assert_array_equal(published.instances, previous.instances)
+    assert [s.score for s in published.segments] == pytest.approx(
+        [s.score for s in previous.segments], rel=1e-6
+    )
+
+
+def test_panoptic_upsamples_only_surviving_queries_a_chunk_at_a_time(monkeypatch):
+    upsampled: list[int] = []
+
+    def counting(logits, *sizes):
+        upsampled.append(logits.shape[0])
+        return masks_to_original(logits, *sizes)
+
+    monkeypatch.setattr(postprocess, "masks_to_original", counting)
+    for num_queries in (20, 200):
+        class_logits, logits = stride4_outputs(0, num_queries, GEOMETRIES["upsampled"][0])
+        class_logits[:, -1] = 20.0  # all void ...
+        class_logits[[1, 4, 7, 8, 12, 13, 15, 16, 18, 19, 11], -1] = -20.0  # ... but 11 queries
+        upsampled.clear()
+        panoptic_inference(class_logits, query_masks(logits, "upsampled", 4), IS_THING)
+        assert upsampled == [4, 4, 3]  # the same work and memory for 20 or 200 queries
+
+
+def peak_rss_growth(run: Callable[[], object]) -> int:
+    """Bytes by which the peak resident memory during `run` exceeds the memory before (Linux)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")  # resets the peak (VmHWM) to the RSS
+    except OSError:
+        pytest.skip("needs Linux's /proc/self/clear_refs to reset the peak RSS")
+
+    def status_bytes(field: str) -> int:
+        line = next(line for line in Path("/proc/self/status").read_text().splitlines()
+                    if line.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+
+    before = status_bytes("VmRSS")
+    run()
+    return status_bytes("VmHWM") - before
+
+
+def test_post_processing_memory_does_not_grow_with_queries_or_classes():
+    # A 480x640 frame. Previously: 200 queries' masks at full size, their sigmoid and weighted
+    # copies, 0.75 GB for panoptic; 1203 x H x W class scores, 1.5 GB for semantic.
+    geometry = ((30, 40), (120, 160), (120, 160), (480, 640))
+    class_logits, logits = stride4_outputs(0, 200, geometry[0])
+    class_logits[:, -1] = -20.0  # every query kept
+    masks = QueryMasks(logits, *geometry[1:])
+    panoptic = peak_rss_growth(lambda: panoptic_inference(class_logits, masks, IS_THING))
+    assert panoptic < 100e6
+    class_logits, logits = stride4_outputs(0, 20, geometry[0], num_classes=1203)
+    masks = QueryMasks(logits, *geometry[1:])
+    semantic = peak_rss_growth(lambda: semantic_inference(class_logits, masks))
+    assert semantic < 100e6  # 20 sigmoid maps (25 MB) and bands of scores

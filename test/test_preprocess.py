@@ -49,12 +49,32 @@ def unnormalised(tensor: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
         (4, 7, 2, 100, (2, 4)),  # 3.5 rounds up
         (1024, 2048, 1024, 2560, (1024, 2048)),  # Cityscapes setting: unchanged
         (333, 777, 0, 1333, (333, 777)),  # short side 0: detectron2's no-op
+        (3, 4000, 800, 1333, (1, 1333)),  # 800 * 1333/1066667 = 0.9997 rounds to 1 anyway
     ],
 )
 def test_resized_size_follows_resize_shortest_edge(
     height: int, width: int, short_side: int, max_long_side: int, expected: tuple[int, int]
 ) -> None:
     assert resized_size(height, width, short_side, max_long_side) == expected
+
+
+@pytest.mark.parametrize(
+    ("height", "width", "expected"),
+    [
+        (1, 4000, (1, 1333)),  # detectron2: 800 * 1333/3200000 = 0.33 rounds to 0
+        (4000, 1, (1333, 1)),
+        (2, 10000, (1, 1333)),  # 0.27
+        (1, 2000, (1, 1333)),  # 0.67 rounds to 1 as in detectron2
+    ],
+)
+def test_extreme_aspect_ratios_keep_at_least_one_pixel(
+    height: int, width: int, expected: tuple[int, int]
+) -> None:
+    assert resized_size(height, width, 800, 1333) == expected
+    prepared = prepare_image(random_image(height, width), short_side=800, max_long_side=1333)
+    assert prepared.resized_size == expected
+    assert prepared.original_size == (height, width)
+    assert prepared.tensor.shape[-2:] == tuple(-(-side // 32) * 32 for side in expected)
 
 
 def test_resized_size_rejects_nonsense() -> None:
