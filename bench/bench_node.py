@@ -57,8 +57,8 @@ def stage_costs(rgb: np.ndarray, model: str, short_side: int) -> dict[str, float
 
     from fcclip_ros.engine import Engine, EngineConfig
     from fcclip_ros.image_conversion import fill_image, image_to_rgb
-    from fcclip_ros.node import segments_message
     from fcclip_ros.overlay import draw_overlay
+    from fcclip_ros.ros.outputs import segments_message
 
     engine = Engine(
         EngineConfig(
@@ -175,7 +175,7 @@ def start_node(model: str, short_side: int, log: Path) -> subprocess.Popen:
     args = [
         sys.executable,
         "-m",
-        "fcclip_ros.node",
+        "fcclip_ros.ros.node",
         "--ros-args",
         "-p",
         f"model:={model}",
@@ -195,7 +195,7 @@ def start_node(model: str, short_side: int, log: Path) -> subprocess.Popen:
 def overhead(message, images: tuple[str, ...], frames: int) -> tuple[list[float], float]:
     """Publish -> last output received, seconds, for frames sent one at a time; and the node's
     mean engine time over exactly those frames."""
-    from fcclip_ros.node import STATS_WINDOW_S
+    from fcclip_ros.ros.diagnostics import STATS_WINDOW_S
 
     bench = Bench(images)
     try:

@@ -27,7 +27,6 @@ from fcclip_ros.model.fcclip import FCCLIP
 
 CLIP_PREFIX = "backbone.clip_model."
 TRAINING_ONLY_KEYS = ("criterion.", "pixel_mean", "pixel_std")  # loss buffers, input constants
-NUM_TRAIN_CLASSES = 133  # COCO panoptic, the training vocabulary of every released model
 
 
 class CheckpointError(ValueError):
@@ -170,17 +169,3 @@ def load_fcclip_weights(model: FCCLIP, path: str | Path) -> LoadReport:
                        if key not in own and not key.startswith(TRAINING_ONLY_KEYS))
     model.load_state_dict({key: state[key] for key in head + clip}, strict=False)
     return LoadReport(str(path), len(head), len(clip), ignored, unexpected)
-
-
-def official_state_dict(model: FCCLIP,
-                        num_train_classes: int = NUM_TRAIN_CLASSES) -> dict[str, torch.Tensor]:
-    """The model's weights as the official training run saves them (detectron2's "model").
-
-    Includes the loss's class weights (`criterion.empty_weight`: 1 per training class, 0.1 for
-    void), which inference never uses; tests write files in this layout.
-    """
-    state = dict(model.state_dict())
-    empty_weight = torch.ones(num_train_classes + 1)
-    empty_weight[-1] = 0.1
-    state["criterion.empty_weight"] = empty_weight
-    return state

@@ -21,7 +21,9 @@ def _split_vocabulary(text: str) -> tuple[str, ...]:
 
 
 def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
-    from fcclip_ros.engine import EngineConfig
+    from fcclip_ros.engine import MODES, PRECISIONS, EngineConfig
+    from fcclip_ros.model.config import VARIANTS
+    from fcclip_ros.vocabulary import PRESETS
 
     defaults = EngineConfig()
     parser = subparsers.add_parser(
@@ -34,7 +36,7 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
-    parser.add_argument("--model", default=defaults.model,
+    parser.add_argument("--model", default=defaults.model, choices=list(VARIANTS),
                         help=f"FC-CLIP variant (default {defaults.model})")
     parser.add_argument("--weights", default=defaults.weights,
                         help="FC-CLIP checkpoint: a path, 'auto' (downloaded by `fcclip-ros "
@@ -45,27 +47,31 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
     vocabulary = parser.add_mutually_exclusive_group()
     vocabulary.add_argument("--vocabulary", type=_split_vocabulary,
                             help='classes separated by ";", synonyms by ",": "cup, mug; table"')
-    vocabulary.add_argument("--preset", default=defaults.vocabulary_preset,
+    vocabulary.add_argument("--preset", default=defaults.vocabulary_preset, choices=PRESETS,
                             help=f"built-in vocabulary (default {defaults.vocabulary_preset})")
-    parser.add_argument("--mode", choices=("panoptic", "semantic"), default=defaults.mode)
+    parser.add_argument("--mode", choices=MODES, default=defaults.mode)
     parser.add_argument("--short-side", type=int, default=defaults.input_short_side,
                         help="resize so the short side has this many pixels; the image's own "
                         "short side (or 0) means no resize (default %(default)s)")
     parser.add_argument("--max-long-side", type=int, default=defaults.max_long_side,
                         help="cap on the long side after resizing (default %(default)s)")
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--precision", default=defaults.precision,
-                        help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16 or bf16")
+    parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
+                        help="auto: fp16 on CUDA, fp32 on CPU")
     parser.add_argument("--object-mask-threshold", type=float,
                         default=defaults.object_mask_threshold)
     parser.add_argument("--overlap-threshold", type=float, default=defaults.overlap_threshold)
     parser.add_argument("--cache-dir", default=None,
                         help="checkpoints and text-embedding cache (default ~/.cache/fcclip_ros)")
+    parser.add_argument("--max-input-pixels", type=int, default=defaults.max_input_pixels,
+                        help="images declaring more pixels (read from the file's header, before "
+                        "decoding) are skipped (default %(default)s = 4096x4096)")
     parser.set_defaults(func=_segment)
 
 
 def _segment(args: argparse.Namespace) -> int:
     from fcclip_ros.engine import Engine, EngineConfig, EngineError
+    from fcclip_ros.image_conversion import ImageConversionError
     from fcclip_ros.overlay import draw_overlay
 
     config = EngineConfig(
@@ -75,6 +81,7 @@ def _segment(args: argparse.Namespace) -> int:
         object_mask_threshold=args.object_mask_threshold,
         overlap_threshold=args.overlap_threshold, cache_dir=args.cache_dir,
         vocabulary=args.vocabulary or (), vocabulary_preset=args.preset,
+        max_input_pixels=args.max_input_pixels,
     )
     try:
         engine = Engine(config)
@@ -84,12 +91,12 @@ def _segment(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for path in args.images:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            print(f"{path}: not a readable image, skipped", file=sys.stderr)
+        try:
+            rgb = _read_image(path, args.max_input_pixels)
+        except (OSError, ImageConversionError) as error:
+            print(f"{path}: {error}, skipped", file=sys.stderr)
             failures += 1
             continue
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1])
         try:
             result = engine.segment(rgb, with_confidence=False)
         except EngineError as error:
@@ -100,6 +107,19 @@ def _segment(args: argparse.Namespace) -> int:
                                                                       result.segments))
         print(f"{path}: {len(result.segments)} segments -> {args.out / path.stem}_*")
     return 1 if failures else 0
+
+
+def _read_image(path: Path, max_pixels: int) -> np.ndarray:
+    """RGB pixels of an image file whose header declares at most `max_pixels` (checked before
+    decoding, so a small file declaring a huge image is never decoded)."""
+    from fcclip_ros.image_conversion import ImageConversionError, declared_size
+
+    data = path.read_bytes()
+    declared_size(data, max_pixels)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageConversionError("not a readable image")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
 def _write_result(prefix: Path, rgb: np.ndarray, result: Segmentation,
@@ -150,7 +170,7 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from fcclip_ros.ros_commands import add_subcommands
+    from fcclip_ros.ros.commands import add_subcommands
 
     parser = argparse.ArgumentParser(
         prog="fcclip-ros",

@@ -194,9 +194,12 @@ class Engine:
         self.random_weights = checkpoint is None or config.clip_weights == RANDOM
         if checkpoint is not None:
             try:
-                load_fcclip_weights(model, checkpoint)
+                report = load_fcclip_weights(model, checkpoint)
             except CheckpointError as error:
                 raise EngineError(f"{checkpoint}: {error}") from error
+            logger.info("loaded %s: %d head tensors, %d CLIP tensors; ignored %s",
+                        report.path, report.head_keys, report.clip_keys,
+                        ", ".join(report.ignored + report.unexpected) or "nothing")
         if self.random_weights:
             logger.warning("FC-CLIP runs with RANDOM weights (weights=%s, clip_weights=%s): "
                            "masks and labels are meaningless", config.weights, config.clip_weights)
@@ -227,8 +230,13 @@ class Engine:
 
     def interrupt(self) -> None:
         """Stop the frame in flight at the next network block or post-processed image, and
-        refuse later ones (EngineInterruptedError): a prompt shutdown whatever the model's speed."""
+        refuse later ones (EngineInterruptedError) until resume(): a prompt stop whatever the
+        model's speed."""
         self._interrupted.set()
+
+    def resume(self) -> None:
+        """Segment again after interrupt()."""
+        self._interrupted.clear()
 
     @property
     def thresholds(self) -> tuple[float, float]:

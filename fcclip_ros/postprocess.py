@@ -1,9 +1,10 @@
 """FC-CLIP's post-processing: mask logits and class logits of the queries to per-pixel results.
 
-`semantic_inference`, `panoptic_inference` and `instance_inference` follow the official
-`FCCLIP.semantic_inference / panoptic_inference / instance_inference` (same formulas, thresholds
-and id order); they take the final (Q, C+1) "logits" of the geometric ensemble, whose last column
-is void. `to_segmentation` and `semantic_to_segmentation` turn a result into the maps and segment
+`semantic_inference` and `panoptic_inference` follow the official
+`FCCLIP.semantic_inference / panoptic_inference` (same formulas, thresholds and id order; the
+official instance output is not offered: the node's modes are panoptic and semantic). They take
+the final (Q, C+1) "logits" of the geometric ensemble, whose last column is void.
+`to_segmentation` and `semantic_to_segmentation` turn a result into the maps and segment
 list the node publishes. Everything stays on the input's device until the final maps are copied
 to numpy; no step loops over pixels.
 
@@ -69,16 +70,6 @@ class SemanticResult:
     labels: torch.Tensor  # (H, W) int64 argmax class
     confidence: torch.Tensor  # (H, W) float32 argmax score / sum of the pixel's scores
     num_classes: int
-
-
-@dataclass(frozen=True)
-class InstanceResult:
-    """Thing instances, highest class score first."""
-
-    masks: torch.Tensor  # (N, H, W) bool, mask logit > 0
-    class_ids: torch.Tensor  # (N,) int64
-    scores: torch.Tensor  # (N,) class probability x mean sigmoid inside the mask
-    query_ids: torch.Tensor  # (N,) int64, the query each instance comes from
 
 
 def masks_to_original(
@@ -246,39 +237,6 @@ def panoptic_inference(
         for i, c in enumerate(classes)
     ]
     return PanopticResult(ids, segments)
-
-
-def instance_inference(
-    class_logits: torch.Tensor,
-    masks: torch.Tensor,
-    is_thing: torch.Tensor,
-    panoptic_on: bool = True,
-    top_k: int = 100,
-) -> InstanceResult:
-    """Official instance results: the `top_k` best (query, class) pairs over all Q x C.
-
-    With `panoptic_on` (the official setting whenever panoptic output exists) only thing classes
-    are kept; without it the official code assumes the vocabulary holds things only and keeps all.
-    The official code asks topk for unsorted results; here they come sorted (same set).
-    """
-    class_probs = F.softmax(class_logits, dim=-1)[:, :-1]  # (Q, C)
-    num_classes = class_probs.shape[1]
-    _check_is_thing(is_thing, num_classes)
-    scores, flat_index = class_probs.flatten().topk(min(top_k, class_probs.numel()))
-    query_ids = flat_index // num_classes
-    class_ids = flat_index % num_classes
-    if panoptic_on:
-        keep = is_thing.to(class_ids.device)[class_ids]
-        scores, query_ids, class_ids = scores[keep], query_ids[keep], class_ids[keep]
-    logits = masks[query_ids].flatten(1)  # (N, H*W)
-    binary = (logits > 0).to(logits.dtype)
-    mask_scores = (logits.sigmoid() * binary).sum(1) / (binary.sum(1) + 1e-6)
-    return InstanceResult(
-        masks=logits.view(-1, *masks.shape[-2:]) > 0,
-        class_ids=class_ids,
-        scores=scores * mask_scores,
-        query_ids=query_ids,
-    )
 
 
 def to_segmentation(

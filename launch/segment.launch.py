@@ -36,10 +36,11 @@ NODE_NAME = "fcclip"
 OVERRIDES = {
     "image_topics": "camera topic, or a YAML list of topics, e.g. [/front/image, /rear/image]",
     "transport": "raw | compressed",
-    "model": "convnext_large | rn50 | rn101 | rn50x4 | rn50x16 | rn50x64",
+    "model": "convnext_large | rn50 | rn101 | rn50x4 | rn50x16 | rn50x64 | tiny",
     "weights": "auto | path to the FC-CLIP checkpoint | random",
     "device": "auto | cpu | cuda | cuda:N",
     "input_short_side": "short side the network sees, e.g. 480 for speed",
+    "autostart": "true: configure and activate at once | false: wait for a lifecycle manager",
 }
 OTHER_ARGUMENTS = {
     "image_topic": "one camera topic (same as image_topics:=<topic>)",
@@ -69,11 +70,16 @@ def _parameter_overrides(context) -> dict:
         text = _argument(context, name)
         if not text or name == "image_topics":
             continue
-        overrides[name] = int(text) if name == "input_short_side" else text
+        if name == "input_short_side":
+            overrides[name] = int(text)
+        elif name == "autostart":
+            overrides[name] = text.lower() in ("true", "1")
+        else:
+            overrides[name] = text
     topics = _image_topics(context)
     if topics is not None:
         overrides["image_topics"] = topics
-    overrides["use_sim_time"] = _argument(context, "use_sim_time") == "true"
+    overrides["use_sim_time"] = _argument(context, "use_sim_time").lower() in ("true", "1")
     return overrides
 
 

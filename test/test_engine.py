@@ -8,9 +8,9 @@ import imgviz
 import numpy as np
 import pytest
 import torch
+from official_layout import official_state_dict
 from test_postprocess import full_size, reference_panoptic, reference_semantic
 
-from fcclip_ros.checkpoint import official_state_dict
 from fcclip_ros.engine import Engine, EngineConfig, EngineError
 from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS
 from fcclip_ros.postprocess import QueryMasks, semantic_to_segmentation, to_segmentation

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import sys
 import time
 import types
@@ -36,9 +37,10 @@ from test_image_conversion import message, mosaic, pack_422, to_16bit
 
 from fcclip_ros.image_conversion import image_to_rgb
 from fcclip_ros.msg import Vocabulary
-from fcclip_ros.node import PARAMETERS, dds_transport
 from fcclip_ros.result import UNLABELED
-from fcclip_ros.ros_commands import add_subcommands
+from fcclip_ros.ros.commands import add_subcommands
+from fcclip_ros.ros.diagnostics import dds_transport
+from fcclip_ros.ros.parameters import PARAMETERS
 from fcclip_ros.srv import SetVocabulary
 from fcclip_ros.topics import output_namespace
 
@@ -714,6 +716,23 @@ def test_launch_accepts_image_topic_for_one_camera_and_warns_about_typos(monkeyp
     [node], _, logger = _launch(monkeypatch, image_topcs="/camera/image", image_topics="/a/image")
     assert node.kwargs["parameters"][1]["image_topics"] == ["/a/image"]
     assert len(logger.warnings) == 1 and "did you mean 'image_topics'" in logger.warnings[0]
+
+
+def test_yaml_comments_and_launch_arguments_offer_exactly_the_cores_choices(monkeypatch):
+    lines = PARAMS_FILE.read_text().splitlines()
+    for spec in (s for s in PARAMETERS if s.choices):
+        at = next(i for i, line in enumerate(lines) if line.startswith(f"    {spec.name}:"))
+        comment = []
+        while lines[at - 1 - len(comment)].lstrip().startswith("#"):
+            comment.append(lines[at - 1 - len(comment)])
+        words = set(re.findall(r"[a-z0-9_]+", " ".join(comment)))
+        assert set(spec.choices) <= words, (spec.name, set(spec.choices) - words)
+    launch_help = _load_launch_file(monkeypatch).OVERRIDES
+    for spec in (s for s in PARAMETERS if s.choices and s.name in launch_help):
+        offered = [choice.strip() for choice in launch_help[spec.name].split("|")]
+        assert offered == list(spec.choices), spec.name
+    [node], _, _ = _launch(monkeypatch, autostart="false")
+    assert node.kwargs["parameters"][1]["autostart"] is False
 
 
 def _rviz_topics(path: str) -> tuple[list[str], set[str]]:

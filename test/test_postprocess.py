@@ -20,7 +20,6 @@ from fcclip_ros.postprocess import (
     PanopticSegment,
     QueryMasks,
     SemanticResult,
-    instance_inference,
     masks_to_original,
     panoptic_inference,
     semantic_inference,
@@ -330,31 +329,6 @@ def test_semantic_segmentation_labels_every_pixel_with_its_share_of_scores(seed:
         assert segment.score == pytest.approx(mean, rel=1e-5)
         assert segment.is_thing == bool(IS_THING[segment.class_id])
     assert semantic_to_segmentation(semantic, NAMES, IS_THING).confidence is None
-
-
-@pytest.mark.parametrize("top_k", [7, 100])
-def test_instances_are_the_top_k_thing_pairs_scored_by_mask_quality(top_k: int) -> None:
-    class_logits, masks = random_outputs(2)
-    result = instance_inference(class_logits, masks, IS_THING, top_k=top_k)
-    probs = class_logits.softmax(-1)[:, :-1]
-    top = probs.flatten().topk(min(top_k, probs.numel())).indices
-    expected = [(int(i) // NUM_CLASSES, int(i) % NUM_CLASSES) for i in top]
-    expected = [(q, c) for q, c in expected if IS_THING[c]]
-    assert 0 < len(result.scores) <= top_k
-    assert list(zip(result.query_ids.tolist(), result.class_ids.tolist(), strict=True)) == expected
-    assert IS_THING[result.class_ids].all()
-    for n, (q, c) in enumerate(expected):
-        inside = masks[q] > 0
-        assert torch.equal(result.masks[n], inside)
-        mask_quality = masks[q].sigmoid()[inside].sum() / (inside.sum() + 1e-6)
-        torch.testing.assert_close(result.scores[n], probs[q, c] * mask_quality)
-
-
-def test_instances_without_panoptic_keep_every_class() -> None:
-    class_logits, masks = random_outputs(2)
-    result = instance_inference(class_logits, masks, IS_THING, panoptic_on=False, top_k=50)
-    assert len(result.scores) == 50
-    assert not IS_THING[result.class_ids].all()
 
 
 def test_masks_to_original_crops_the_padding_before_resizing() -> None:

@@ -137,8 +137,3 @@ class CLIPBackbone(nn.Module):
             k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
         )  # (Q, B, embed_dim)
         return pooled.permute(1, 0, 2)
-
-    @torch.no_grad()
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Token ids (N, 77) -> unnormalised text embeddings (N, embed_dim)."""
-        return self.clip_model.encode_text(tokens)

@@ -69,12 +69,6 @@ class FCCLIPConfig:
     ensemble_alpha: float = 0.4  # weight of the CLIP classifier for classes seen in training
     ensemble_beta: float = 0.8  # ... and for unseen classes
     ensemble_on_valid_mask: bool = False  # ResNets: CLIP votes only for non-empty masks
-    # Inference.
-    min_size_test: int = 800
-    max_size_test: int = 1333
-    size_divisibility: int = 32
-    object_mask_threshold: float = 0.0
-    overlap_threshold: float = 0.8
 
     def __post_init__(self) -> None:
         if self.family not in ("convnext", "resnet"):

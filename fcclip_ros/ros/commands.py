@@ -59,7 +59,7 @@ def _add_service_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fcclip_ros.node import run
+    from fcclip_ros.ros.node import run
 
     ros_args = ["--ros-args"]
     if args.params_file is not None:
