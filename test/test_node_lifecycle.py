@@ -44,6 +44,17 @@ def resident_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+def shutdown_ends_the_process_promptly(lifecycle: LifecycleClient, node: NodeProcess,
+                                       state: str) -> bool:
+    """The `shutdown` transition from `state` succeeds and the process exits 0 within 5 s."""
+    transition = {"unconfigured": Transition.TRANSITION_UNCONFIGURED_SHUTDOWN,
+                  "active": Transition.TRANSITION_ACTIVE_SHUTDOWN}[state]
+    started = time.monotonic()
+    assert lifecycle.transition(transition), node.output()
+    assert node.process.wait(timeout=10) == 0, node.output()
+    return time.monotonic() - started < 5.0
+
+
 @pytest.fixture
 def peer():
     harness = RosHarness("test_lifecycle_peer")
@@ -106,10 +117,7 @@ def test_lifecycle_transitions_start_stop_and_free_the_model(tmp_path, peer):
         freed = configured_mb - cleaned_mb
         assert freed > 0.6 * (configured_mb - unconfigured_mb), (configured_mb, cleaned_mb)
 
-        started = time.monotonic()
-        assert lifecycle.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
-        assert node.process.wait(timeout=10) == 0
-        assert time.monotonic() - started < 5.0
+        assert shutdown_ends_the_process_promptly(lifecycle, node, "unconfigured")
     finally:
         node.stop()
     assert "Traceback" not in node.output()
@@ -135,9 +143,7 @@ def test_a_failed_configure_keeps_the_node_up_unconfigured_with_the_reason(tmp_p
             return ""
 
         assert peer.spin_until(lambda: "no such file" in engine_message(), 10.0)
-        started = time.monotonic()
-        assert lifecycle.transition(Transition.TRANSITION_UNCONFIGURED_SHUTDOWN)
-        assert node.process.wait(timeout=10) == 0 and time.monotonic() - started < 5.0
+        assert shutdown_ends_the_process_promptly(lifecycle, node, "unconfigured")
     finally:
         node.stop()
 
@@ -155,10 +161,7 @@ def test_shutdown_while_active_and_streaming_is_prompt(tmp_path, peer):
         assert frames_arrive(peer, outputs, 15.0) > 0, node.output()
         peer.publish("/managed_cam/image", image_message(message(PHOTO, "rgb8"),
                                                           peer.new_stamp(), "cam"))
-        started = time.monotonic()
-        assert lifecycle.transition(Transition.TRANSITION_ACTIVE_SHUTDOWN)
-        assert node.process.wait(timeout=10) == 0
-        assert time.monotonic() - started < 5.0
+        assert shutdown_ends_the_process_promptly(lifecycle, node, "active")
     finally:
         node.stop()
     assert "Traceback" not in node.output()
