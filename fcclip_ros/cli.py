@@ -32,7 +32,8 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
         description="Segment image files with FC-CLIP and write, per image, <stem>_labels.png and "
         "<stem>_instances.png (16-bit PNG: class id per pixel with 65535 = unlabeled, and "
         "segment id per pixel with 0 = none), <stem>_overlay.png and <stem>_segments.json "
-        "(the Segment message fields of every segment).",
+        "(the Segment message fields of every segment); with --embeddings also "
+        "<stem>_embeddings.npy.",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
@@ -66,6 +67,10 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--max-input-pixels", type=int, default=defaults.max_input_pixels,
                         help="images declaring more pixels (read from the file's header, before "
                         "decoding) are skipped (default %(default)s = 4096x4096)")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="also write <stem>_embeddings.npy: float32 (segments, D), row i = "
+                        "the L2-normalised CLIP embedding of the i-th segment of the json (ids "
+                        "ascending), comparable by cosine with CLIP text embeddings")
     parser.set_defaults(func=_segment)
 
 
@@ -98,7 +103,7 @@ def _segment(args: argparse.Namespace) -> int:
             failures += 1
             continue
         try:
-            result = engine.segment(rgb, with_confidence=False)
+            result = engine.segment(rgb, with_confidence=False, with_embeddings=args.embeddings)
         except EngineError as error:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1
@@ -136,6 +141,8 @@ def _write_result(prefix: Path, rgb: np.ndarray, result: Segmentation,
     document = {"image_size": list(rgb.shape[:2]),
                 "vocabulary_version": result.vocabulary_version, "segments": segments}
     Path(f"{prefix}_segments.json").write_text(json.dumps(document, indent=2))
+    if result.embeddings is not None:
+        np.save(f"{prefix}_embeddings.npy", result.embeddings)
 
 
 def _add_download_command(subparsers: argparse._SubParsersAction) -> None:

@@ -1,7 +1,9 @@
 """The engine facade: an RGB image in, FC-CLIP's segmentation out. ROS-free.
 
 It owns the network, the vocabulary in force and the thresholds; the ROS node and the CLI are thin
-layers over `Engine.segment` / `Engine.segment_batch`.
+layers over `Engine.segment` / `Engine.segment_batch`. On request a result carries each segment's
+CLIP embedding; `Engine.encode_texts` and `rank_segments` then answer text queries about it
+without running the network again.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import contextlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,7 +39,7 @@ from fcclip_ros.postprocess import (
 )
 from fcclip_ros.preprocess import prepare_batch
 from fcclip_ros.result import Segmentation
-from fcclip_ros.text_embeddings import TextEmbedder
+from fcclip_ros.text_embeddings import TextEmbedder, TextQueries
 from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary, VocabularyError, VocabularyState
 
 logger = logging.getLogger(__name__)
@@ -160,6 +162,15 @@ def _checkpoint_file(config: EngineConfig) -> Path | None:
     return path
 
 
+def _per_image(flag: bool | Sequence[bool], count: int, name: str) -> list[bool]:
+    if isinstance(flag, bool):
+        return [flag] * count
+    flags = [bool(f) for f in flag]
+    if len(flags) != count:
+        raise EngineError(f"{name} has {len(flags)} entries for {count} images")
+    return flags
+
+
 def _stop_point(interrupted: threading.Event) -> None:
     if interrupted.is_set():
         raise EngineInterruptedError("the engine was interrupted (shutting down)")
@@ -213,7 +224,7 @@ class Engine:
         # Architectures of our own (the tiny test model) use CLIP's standard BPE tokenizer.
         tokenizer = (open_clip.tokenizer.SimpleTokenizer() if name in CUSTOM_CLIP_ARCHITECTURES
                      else open_clip.get_tokenizer(name))
-        embedder = TextEmbedder(
+        self.text_embedder = TextEmbedder(
             self.model.backbone.clip_model,
             tokenizer,
             variant.clip_model_name,
@@ -225,7 +236,7 @@ class Engine:
             initial = Vocabulary.from_request(config.vocabulary or None, preset)
         except VocabularyError as error:
             raise EngineError(f"initial vocabulary: {error}") from error
-        self.vocabulary = ActiveVocabulary(embedder, initial)
+        self.vocabulary = ActiveVocabulary(self.text_embedder, initial)
         self._is_thing: tuple[int, torch.Tensor] | None = None  # (version, flags on device)
 
     def interrupt(self) -> None:
@@ -252,20 +263,41 @@ class Engine:
         _check_thresholds(*wanted)
         self._thresholds = wanted
 
-    def segment(self, image_rgb: np.ndarray, with_confidence: bool = True) -> Segmentation:
-        """Segment one (H, W, 3) uint8 RGB image."""
-        return self.segment_batch([image_rgb], [with_confidence])[0]
+    @property
+    def embedding_dim(self) -> int:
+        """Dimension of the segment and text embeddings (CLIP's joint space)."""
+        return self.model.config.embed_dim
+
+    def encode_texts(self, texts: Iterable[str]) -> TextQueries:
+        """Embed query texts for `rank_segments` / `segment_scores` (fcclip_ros.text_embeddings).
+
+        Each text is "name" or "name, synonym, ...", embedded with the vocabulary's prompt
+        ensemble and cache, so a text seen before costs a lookup. Raises QueryError (a
+        ValueError) for an empty list, a blank text or synonym, more than MAX_QUERY_TEXTS texts
+        or MAX_QUERY_SYNONYMS synonyms, or a text over MAX_ENTRY_CHARS characters. Runs beside
+        frames and vocabulary swaps: it never waits for a frame or for a swap's encoding. After
+        interrupt(), a text not cached raises EngineInterruptedError, as a swap would.
+        """
+        return self.text_embedder.queries(texts)
+
+    def segment(self, image_rgb: np.ndarray, with_confidence: bool = True,
+                with_embeddings: bool = False) -> Segmentation:
+        """Segment one (H, W, 3) uint8 RGB image (see segment_batch)."""
+        return self.segment_batch([image_rgb], [with_confidence], [with_embeddings])[0]
 
     def segment_batch(self, images_rgb: Sequence[np.ndarray],
-                      with_confidence: bool | Sequence[bool] = True) -> list[Segmentation]:
+                      with_confidence: bool | Sequence[bool] = True,
+                      with_embeddings: bool | Sequence[bool] = False) -> list[Segmentation]:
         """Segment images in one forward pass; all results refer to one vocabulary version.
 
-        Images over `max_input_pixels` are refused before any work: post-processing memory grows
-        with the input's pixels (see fcclip_ros.postprocess), and so does the network's when
-        input_short_side is 0.
+        `with_confidence` / `with_embeddings` (for all images or per image) ask for the
+        confidence map and for the segments' CLIP embeddings (`Segmentation.embeddings`); what
+        is not asked for is not computed. Images over `max_input_pixels` are refused before any
+        work: post-processing memory grows with the input's pixels (see fcclip_ros.postprocess),
+        and so does the network's when input_short_side is 0.
         """
-        if isinstance(with_confidence, bool):
-            with_confidence = [with_confidence] * len(images_rgb)
+        with_confidence = _per_image(with_confidence, len(images_rgb), "with_confidence")
+        with_embeddings = _per_image(with_embeddings, len(images_rgb), "with_embeddings")
         state = self.vocabulary.current  # a single snapshot: no frame mixes two vocabularies
         object_mask_threshold, overlap_threshold = self._thresholds
         images = list(images_rgb)
@@ -281,8 +313,9 @@ class Engine:
             autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
                         if self.autocast_dtype is not None else contextlib.nullcontext())
             with autocast:
-                mask_logits, class_logits = self.model(batch.tensor, state.classifier)
-            mask_logits, class_logits = mask_logits.float(), class_logits.float()
+                outputs = self.model(batch.tensor, state.classifier,
+                                     with_region_embeddings=any(with_embeddings))
+            mask_logits, class_logits = outputs[0].float(), outputs[1].float()
             is_thing = self._thing_flags(state)
             padded_size = tuple(batch.tensor.shape[-2:])
             results = []
@@ -290,12 +323,14 @@ class Engine:
                 _stop_point(self._interrupted)
                 masks = QueryMasks(mask_logits[i], padded_size, batch.resized_sizes[i],
                                    batch.original_sizes[i])
+                region_embeddings = outputs[2][i] if with_embeddings[i] else None
                 if self.mode == "panoptic":
                     panoptic = panoptic_inference(class_logits[i], masks, is_thing,
-                                                  object_mask_threshold, overlap_threshold)
+                                                  object_mask_threshold, overlap_threshold,
+                                                  region_embeddings)
                     result = to_segmentation(panoptic, state.vocabulary.names, with_confidence[i])
                 else:
-                    semantic = semantic_inference(class_logits[i], masks)
+                    semantic = semantic_inference(class_logits[i], masks, region_embeddings)
                     result = semantic_to_segmentation(semantic, state.vocabulary.names, is_thing,
                                                       with_confidence[i])
                 result.vocabulary_version = state.version

@@ -29,6 +29,15 @@ the label, id and confidence maps and their box reductions. Semantic inference a
 query's sigmoid at full size, 4*Q*H*W (0.3 GB for VGA with Q = 250): each pixel's class scores
 sum over all queries, and computing them from anything smaller would change their rounding and
 with it the argmax. bench/bench_memory.py measures these figures against the formula.
+
+Segment embeddings (only when the caller passes the queries' region embeddings, the (Q, D)
+vectors FC-CLIP's out-of-vocabulary branch classified): one L2-normalised row per segment, the
+mean of its queries' normalised embeddings weighted by each query's share of the segment, then
+normalised again. Panoptic: the share is the pixels the query contributes to the final segment,
+so a thing segment, or a stuff segment of one query, has exactly its query's embedding.
+Semantic: a class's pixels are scored by sum_q P_q(class) x sigmoid(mask_q); a query's share is
+its part of that score summed over the segment's pixels. Extra memory: Q x N floats, plus a band
+within the chunk_size x H x W floats of the bound above (semantic).
 """
 
 from __future__ import annotations
@@ -61,6 +70,7 @@ class PanopticSegment:
 class PanopticResult:
     ids: torch.Tensor  # (H, W) int32 segment id per pixel, 0 where no segment
     segments: list[PanopticSegment]
+    embeddings: torch.Tensor | None = None  # (N, D) float32 per segment, in id order
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,7 @@ class SemanticResult:
     labels: torch.Tensor  # (H, W) int64 argmax class
     confidence: torch.Tensor  # (H, W) float32 argmax score / sum of the pixel's scores
     num_classes: int
+    embeddings: torch.Tensor | None = None  # (N, D) float32 per present class, ascending
 
 
 def masks_to_original(
@@ -126,13 +137,19 @@ class QueryMasks:
             ).contiguous()
 
 
-def semantic_inference(class_logits: torch.Tensor, masks: QueryMasks) -> SemanticResult:
+def semantic_inference(
+    class_logits: torch.Tensor,
+    masks: QueryMasks,
+    region_embeddings: torch.Tensor | None = None,
+) -> SemanticResult:
     """Argmax class and its share of the official scores sum_q P(class) x sigmoid(mask_q).
 
     The void probability is dropped without renormalising, as in the official code. The (C, H, W)
     scores exist for a band of rows at a time (at most chunk_size x H x W floats, or C x W);
     each band comes from the same matrix product as the full tensor, so scores and argmax are
     the official ones, while the band's sum over classes may round differently (relative 1e-6).
+    With the queries' (Q, D) `region_embeddings`, each present class also gets an embedding
+    (module docstring).
     """
     class_probs = F.softmax(class_logits, dim=-1)[:, :-1]  # (Q, C)
     num_queries, num_classes = class_probs.shape
@@ -156,7 +173,51 @@ def semantic_inference(class_logits: torch.Tensor, masks: QueryMasks) -> Semanti
         torch.sum(scores, 0, dtype=torch.float32, out=total[band])
         del scores  # freed before the next band is computed
     confidence = best / total.clamp_min(torch.finfo(torch.float32).tiny)
-    return SemanticResult(labels, confidence, num_classes)
+    embeddings = None
+    if region_embeddings is not None:
+        embeddings = _semantic_embeddings(labels, probs, class_probs, region_embeddings,
+                                          masks.chunk_size)
+    return SemanticResult(labels, confidence, num_classes, embeddings)
+
+
+def _semantic_embeddings(
+    labels: torch.Tensor,
+    probs: torch.Tensor,
+    class_probs: torch.Tensor,
+    region_embeddings: torch.Tensor,
+    chunk_size: int,
+) -> torch.Tensor:
+    """(N, D) embeddings of the present classes, ascending: query q weighs P_q(class) x its
+    sigmoid summed over the class's pixels (its part of the class's scores there).
+
+    The sums are one-hot matrix products over bands of rows, whose one-hot matrix and indices
+    stay within chunk_size x H x W floats, like the bands of class scores.
+    """
+    num_queries, num_classes = class_probs.shape
+    height = labels.shape[0]
+    device = labels.device
+    present = torch.bincount(labels.flatten(), minlength=num_classes).nonzero().flatten()
+    count = present.numel()
+    segment_of_class = torch.zeros(num_classes, dtype=torch.long, device=device)
+    segment_of_class[present] = torch.arange(count, device=device)
+    mass = probs.new_zeros(num_queries, count)  # (Q, N) sigmoid summed over each segment
+    rows = max(1, chunk_size * height // (count + 2))  # one-hot: N floats, index: 2 per pixel
+    for top in range(0, height, rows):
+        segment = segment_of_class[labels[top : top + rows]].view(-1, 1)  # (rows x W, 1)
+        one_hot = probs.new_zeros(segment.shape[0], count).scatter_(1, segment, 1.0)
+        mass.addmm_(probs[:, top : top + rows].reshape(num_queries, -1), one_hot)
+        del segment, one_hot  # freed before the next band
+    return mean_embedding((mass * class_probs[:, present]).T, region_embeddings)
+
+
+def mean_embedding(weights: torch.Tensor, region_embeddings: torch.Tensor) -> torch.Tensor:
+    """(N, K) non-negative weights of (K, D) region embeddings -> (N, D) segment embeddings.
+
+    Each row is the weighted mean of the L2-normalised embeddings, normalised again: a direction
+    in CLIP's joint space, comparable by cosine with text embeddings.
+    """
+    normalised = F.normalize(region_embeddings.float(), dim=-1)
+    return F.normalize(weights.to(normalised) @ normalised, dim=-1)
 
 
 def panoptic_inference(
@@ -165,6 +226,7 @@ def panoptic_inference(
     is_thing: torch.Tensor,
     object_mask_threshold: float = 0.0,
     overlap_threshold: float = 0.8,
+    region_embeddings: torch.Tensor | None = None,
 ) -> PanopticResult:
     """Official panoptic merging of (Q, C+1) class logits and the queries' masks.
 
@@ -173,6 +235,8 @@ def panoptic_inference(
     its own sigmoid is >= 0.5, if that region is not empty and it wins at least
     `overlap_threshold` of its own mask; stuff queries of one class share one segment.
     Only those queries' masks are upsampled, a chunk at a time, into a running per-pixel winner.
+    With the queries' (Q, D) `region_embeddings`, each segment also gets an embedding (module
+    docstring).
     """
     num_classes = class_logits.shape[-1] - 1
     _check_is_thing(is_thing, num_classes)
@@ -183,7 +247,11 @@ def panoptic_inference(
     device = class_logits.device
     num_kept = kept.numel()
     if num_kept == 0:
-        return PanopticResult(torch.zeros(height, width, dtype=torch.int32, device=device), [])
+        embeddings = None if region_embeddings is None else mean_embedding(
+            class_logits.new_zeros(0, 0), region_embeddings[kept])
+        return PanopticResult(
+            torch.zeros(height, width, dtype=torch.int32, device=device), [], embeddings
+        )
 
     # The official argmax over all K queries keeps the first maximum (a NaN counts as the
     # maximum), so a later chunk takes a pixel only with a strictly larger value or a first NaN.
@@ -236,7 +304,14 @@ def panoptic_inference(
         PanopticSegment(i + 1, c, bool(thing_of_class[c]), score_sums[i] / pixel_sums[i])
         for i, c in enumerate(classes)
     ]
-    return PanopticResult(ids, segments)
+    embeddings = None
+    if region_embeddings is not None:
+        weights = torch.zeros(len(classes), num_kept)  # (N, K) pixels each query contributes
+        for k, segment_id in enumerate(segment_of_query):
+            if segment_id:
+                weights[segment_id - 1, k] = final[k]
+        embeddings = mean_embedding(weights, region_embeddings[kept])
+    return PanopticResult(ids, segments, embeddings)
 
 
 def to_segmentation(
@@ -245,7 +320,8 @@ def to_segmentation(
     """The published form of a panoptic result.
 
     labels = class of the pixel's segment (UNLABELED where none), instances = segment id,
-    confidence = the segment's score (0 where none), only when `with_confidence`.
+    confidence = the segment's score (0 where none), only when `with_confidence`; embeddings
+    when the result has them.
     """
     device = panoptic.ids.device
     ids = panoptic.ids.long()
@@ -265,6 +341,7 @@ def to_segmentation(
         [s.is_thing for s in panoptic.segments],
         class_names,
         confidence,
+        panoptic.embeddings,
     )
 
 
@@ -278,7 +355,7 @@ def semantic_to_segmentation(
 
     Every pixel gets its argmax class; each class present is one segment, ids 1.. in ascending
     class id. Confidence = the argmax score's share of the pixel's summed scores (0..1); a
-    segment's score is the mean confidence over its pixels.
+    segment's score is the mean confidence over its pixels. Embeddings when the result has them.
     """
     num_classes = semantic.num_classes
     _check_is_thing(is_thing, num_classes)
@@ -301,6 +378,7 @@ def semantic_to_segmentation(
         [bool(thing_of_class[c]) for c in class_list],
         class_names,
         confidence if with_confidence else None,
+        semantic.embeddings,
     )
 
 
@@ -311,6 +389,7 @@ def _publish(
     is_thing: Sequence[bool],
     class_names: Sequence[str],
     confidence: torch.Tensor | None,
+    embeddings: torch.Tensor | None,
 ) -> Segmentation:
     """Maps and segment list from an (H, W) id map with segments 1..N; areas/boxes by reduction."""
     num_ids = class_of_id.shape[0]  # N + 1, id 0 = no segment
@@ -350,6 +429,7 @@ def _publish(
         instances=ids.cpu().numpy().astype(np.uint16),
         confidence=None if confidence is None else confidence.float().cpu().numpy(),
         segments=segments,
+        embeddings=None if embeddings is None else embeddings.float().cpu().numpy(),
     )
 
 

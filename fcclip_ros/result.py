@@ -25,10 +25,19 @@ class Segment:
 
 @dataclass
 class Segmentation:
-    """Result for one image, every map at the input image's resolution."""
+    """Result for one image, every map at the input image's resolution.
+
+    `embeddings` (when requested) has one row per segment, in the order of `segments` (ids
+    ascending): the L2-normalised CLIP image embedding FC-CLIP's out-of-vocabulary classifier
+    scored for the segment's query, in CLIP's joint image-text space (compare with text by
+    cosine). A segment merged from several queries (stuff; every semantic-mode segment) has the
+    mean of their normalised embeddings weighted by each query's share of the segment,
+    re-normalised (see fcclip_ros.postprocess).
+    """
 
     labels: np.ndarray  # (H, W) uint16 class id, UNLABELED where no segment
     instances: np.ndarray  # (H, W) uint16 segment id, NO_INSTANCE where none
     confidence: np.ndarray | None  # (H, W) float32 in 0..1, None when not requested
     segments: list[Segment]
     vocabulary_version: int = 0
+    embeddings: np.ndarray | None = None  # (N, D) float32, None when not requested

@@ -9,6 +9,10 @@ a hash of every text-tower weight and the templates.
 Disk cache layout: append-only shard files, each written under a temporary name and renamed into
 place (atomic), so concurrent writers never share a file; every shard ends in a SHA-256 of its
 contents, so a damaged one is detected, removed with a warning and its rows re-encoded.
+
+Text queries (``TextEmbedder.queries``, ``segment_scores``, ``rank_segments``) embed free texts
+the same way, with the same cache, so that a segment's embedding (``Segmentation.embeddings``)
+can be asked about any text without running the network again.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import struct
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fcclip_ros.model.classification import TextClassifier
-from fcclip_ros.vocabulary import Vocabulary
+from fcclip_ros.vocabulary import MAX_ENTRY_CHARS, Vocabulary, split_synonyms
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +57,9 @@ TEMPLATES: tuple[str, ...] = (
     "There is a medium {} in the scene.",
     "There is a large {} in the scene.",
 )
+
+MAX_QUERY_TEXTS = 64  # texts per query: a robot's questions about a frame, not a vocabulary
+MAX_QUERY_SYNONYMS = 256  # over all texts of a query: bounds the text-tower work of one call
 
 _SHARD_MAGIC = b"FCCLIP-TEXT-EMB-1\n"
 _SHARD_SUFFIX = ".emb"
@@ -106,6 +113,81 @@ def text_tower_fingerprint(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+class QueryError(ValueError):
+    """Query texts that cannot be used; the message says exactly why."""
+
+
+@dataclass(frozen=True)
+class TextQueries:
+    """Free texts embedded for comparison with segment embeddings.
+
+    A text is "name" or "name, synonym, ..." like a vocabulary entry (no kind tag: "[stuff]" is
+    just text). Each synonym is embedded exactly as a vocabulary synonym is, and a text scores
+    the best of its synonyms, as a class does in FC-CLIP's classifiers; so the query of a
+    vocabulary entry reproduces that class's classifier rows.
+    """
+
+    texts: tuple[str, ...]
+    embeddings: np.ndarray  # (S, D) float32, one L2-normalised row per synonym
+    text_of_row: np.ndarray  # (S,) int64, the text of each row (non-decreasing)
+
+
+def parse_query_texts(texts: Iterable[str]) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """The texts and the synonyms of each; QueryError for anything that cannot be a query."""
+    if isinstance(texts, str) or not isinstance(texts, Iterable):
+        raise QueryError(f"texts must be a list of texts, not {type(texts).__name__}")
+    texts = tuple(texts)
+    if not texts:
+        raise QueryError("no text given: ask for at least one")
+    if len(texts) > MAX_QUERY_TEXTS:
+        raise QueryError(f"{len(texts)} texts given; at most {MAX_QUERY_TEXTS} per query")
+    parsed = []
+    for index, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise QueryError(f"text {index} is not a string: {text!r}")
+        if len(text) > MAX_ENTRY_CHARS:
+            raise QueryError(f"text {index} ({text[:40]!r}...) is {len(text)} characters long "
+                             f"(limit {MAX_ENTRY_CHARS})")
+        if not text.strip():
+            raise QueryError(f"text {index} is blank")
+        synonyms = split_synonyms(text)
+        if "" in synonyms:
+            raise QueryError(f"text {index} ({text!r}) has a blank synonym "
+                             f"(number {synonyms.index('') + 1})")
+        parsed.append(synonyms)
+    total = sum(len(synonyms) for synonyms in parsed)
+    if total > MAX_QUERY_SYNONYMS:
+        raise QueryError(f"{total} synonyms over all texts; at most {MAX_QUERY_SYNONYMS} "
+                         "per query")
+    return texts, parsed
+
+
+def segment_scores(queries: TextQueries, segment_embeddings: np.ndarray) -> np.ndarray:
+    """(T, N) float32 cosine of each text with each segment, in segment order.
+
+    A text's score is the max over its synonyms, so scaled by CLIP's logit scale it is the
+    out-of-vocabulary classifier's logit for a class with those synonyms.
+    """
+    embeddings = np.asarray(segment_embeddings, dtype=np.float32)
+    dim = queries.embeddings.shape[1]
+    if embeddings.ndim != 2 or embeddings.shape[1] != dim:
+        raise ValueError(f"segment embeddings of shape {embeddings.shape} do not match the "
+                         f"{dim}-d text embeddings (another model?)")
+    cosines = queries.embeddings @ embeddings.T  # (S, N)
+    first_row = np.searchsorted(queries.text_of_row, np.arange(len(queries.texts)))
+    return np.maximum.reduceat(cosines, first_row, axis=0)
+
+
+def rank_segments(
+    queries: TextQueries, segment_embeddings: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Segments best first for each text: (T, N) int64 row indices into the segment list, and
+    (T, N) float32 their cosine scores in that order (ties keep segment order)."""
+    scores = segment_scores(queries, segment_embeddings)
+    order = np.argsort(-scores, axis=1, kind="stable")
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
 @dataclass
 class EmbeddingStats:
     """Where the synonym rows of all ``classifier`` calls came from."""
@@ -157,10 +239,22 @@ class TextEmbedder:
         seen = torch.tensor(vocabulary.seen_mask(), dtype=torch.bool)
         return TextClassifier(rows, class_of_row, seen).to(self.device)
 
+    def queries(self, texts: Iterable[str]) -> TextQueries:
+        """Embed query texts (see ``TextQueries``); QueryError for unusable ones."""
+        texts, synonyms_per_text = parse_query_texts(texts)
+        rows = self.embed([s for synonyms in synonyms_per_text for s in synonyms])
+        counts = [len(synonyms) for synonyms in synonyms_per_text]
+        return TextQueries(texts, rows.numpy(), np.repeat(np.arange(len(counts)), counts))
+
     def embed(self, synonyms: Sequence[str]) -> torch.Tensor:
-        """(S, D) float32: one normalised, template-averaged row per synonym, in order."""
+        """(S, D) float32: one normalised, template-averaged row per synonym, in order.
+
+        The text tower runs outside the lock, so a short request (a query) is not held up by a
+        long one (a vocabulary of thousands of classes) encoding meanwhile; a synonym that two
+        requests encode at once is encoded twice, with the same result.
+        """
+        unique = list(dict.fromkeys(synonyms))
         with self._lock:
-            unique = list(dict.fromkeys(synonyms))
             missing = [s for s in unique if s not in self._rows]
             self.stats.memory_hits += len(unique) - len(missing)
             if missing and self.cache_path is not None:
@@ -168,12 +262,15 @@ class TextEmbedder:
                 still_missing = [s for s in missing if s not in self._rows]
                 self.stats.disk_hits += len(missing) - len(still_missing)
                 missing = still_missing
-            if missing:
-                rows = self._encode(missing)
-                self._rows.update(zip(missing, rows, strict=True))
+        if missing:
+            rows = self._encode(missing)
+            with self._lock:
+                for synonym, row in zip(missing, rows, strict=True):
+                    self._rows.setdefault(synonym, row)
                 self.stats.encoded += len(missing)
                 if self.cache_path is not None:
                     self._use_disk(self._write_shard, missing, rows)
+        with self._lock:
             return torch.stack([self._rows[s] for s in synonyms])
 
     def _use_disk(self, operation: Callable, *args) -> None:

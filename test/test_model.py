@@ -42,12 +42,19 @@ def test_every_variant_builds_and_segments_a_small_image(name: str) -> None:
     classifier = random_classifier(config.embed_dim, [1, 3, 2])
     with torch.inference_mode():
         mask_logits, class_logits = model(small_images()[:1], classifier)
+        *outputs, region_embeddings = model(small_images()[:1], classifier,
+                                            with_region_embeddings=True)
     assert mask_logits.shape == (1, config.num_queries, 16, 24)
     assert class_logits.shape == (1, config.num_queries, 4)
     assert torch.isfinite(mask_logits).all() and torch.isfinite(class_logits).all()
     # Final logits are log-probabilities over the classes plus void.
     torch.testing.assert_close(class_logits.exp().sum(-1), torch.ones(1, config.num_queries),
                                atol=1e-5, rtol=0)
+    # Asking for the OOV branch's region embeddings (768-d for ConvNeXt-L, the CLIP embed dim
+    # for ResNets) changes no output.
+    assert region_embeddings.shape == (1, config.num_queries, config.embed_dim)
+    assert torch.isfinite(region_embeddings).all()
+    assert torch.equal(outputs[0], mask_logits) and torch.equal(outputs[1], class_logits)
 
 
 def test_tiny_forward_is_deterministic_for_a_seed_and_finite() -> None:
@@ -182,6 +189,39 @@ def test_convnext_region_embedding_of_the_whole_image_is_clips_image_embedding()
     with torch.no_grad():
         expected = model.backbone.clip_model.encode_image(images)
     torch.testing.assert_close(regions[:, 0], expected, rtol=1e-4, atol=1e-5)
+
+
+def test_region_embeddings_are_the_mask_pooled_clip_features_the_classes_came_from() -> None:
+    model = FCCLIP(TINY)
+    classifier = random_classifier(TINY.embed_dim, [2, 1, 3])
+    images = small_images()
+    with torch.inference_mode():
+        mask_logits, class_logits, regions = model(images, classifier,
+                                                   with_region_embeddings=True)
+        # The official OOV branch written out: masks resized to stride 32, binary mask pooling
+        # of the dense CLIP map, CLIP's own pooled-feature head.
+        features = model.backbone(images)
+        dense = features["clip_vis_dense"]
+        inside = (F.interpolate(mask_logits, size=dense.shape[-2:], mode="bilinear",
+                                align_corners=False) > 0).float()
+        pooled = torch.einsum("bchw,bqhw->bqc", dense, inside) / (
+            inside.sum((-2, -1))[..., None] + 1e-8)
+        visual = model.backbone.clip_model.visual
+        expected = visual.head(visual.trunk.head(pooled.reshape(-1, dense.shape[1], 1, 1)))
+        torch.testing.assert_close(regions, expected.reshape(regions.shape), rtol=0, atol=1e-5)
+        # The final class logits are the ensemble of the head's logits and those of exactly these
+        # embeddings: cosine x CLIP's scale (capped at 100), max over each class's synonyms.
+        _, class_embeddings = model.sem_seg_head(features)
+        in_vocab = classification_logits(class_embeddings, classifier,
+                                         model.void_embedding.weight,
+                                         model.sem_seg_head.predictor.logit_scale)
+    scale = model.backbone.clip_model.logit_scale.exp().clamp(max=100)
+    synonym_logits = scale * F.normalize(regions, dim=-1) @ classifier.embeddings.T
+    out_vocab = torch.stack([synonym_logits[..., classifier.class_of_row == c].max(-1).values
+                             for c in range(classifier.num_classes)], dim=-1)
+    expected_logits = geometric_ensemble(in_vocab, out_vocab, classifier.seen,
+                                         TINY.ensemble_alpha, TINY.ensemble_beta)
+    torch.testing.assert_close(class_logits, expected_logits, rtol=0, atol=1e-5)
 
 
 def test_resnet_region_embedding_attends_only_inside_the_mask() -> None:

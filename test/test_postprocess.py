@@ -554,3 +554,91 @@ def test_post_processing_memory_does_not_grow_with_queries_or_classes():
     masks = QueryMasks(logits, *geometry[1:])
     semantic = peak_rss_growth(lambda: semantic_inference(class_logits, masks))
     assert semantic < 100e6  # 20 sigmoid maps (25 MB) and bands of scores
+
+
+def region_embeddings(seed: int, num_queries: int, dim: int = 8) -> torch.Tensor:
+    """(Q, D) unnormalised query embeddings of unequal norms, as the CLIP head gives them."""
+    generator = torch.Generator().manual_seed(seed)
+    norms = 0.5 + 20 * torch.rand(num_queries, 1, generator=generator)
+    return norms * F.normalize(torch.randn(num_queries, dim, generator=generator), dim=-1)
+
+
+def test_panoptic_embeddings_are_the_pixel_weighted_mean_of_each_segments_queries() -> None:
+    merged = 0
+    for seed in range(8):
+        class_logits, masks = random_outputs(seed)
+        embeddings = region_embeddings(seed, NUM_QUERIES)
+        result = panoptic_inference(class_logits, at_full_size(masks), IS_THING, 0.0, 0.8,
+                                    embeddings)
+        winner = owners(class_logits, masks, 0.0)
+        assert result.embeddings.shape == (len(result.segments), 8)
+        for row, segment in enumerate(result.segments):
+            pixels = torch.bincount(winner[result.ids == segment.id], minlength=NUM_QUERIES)
+            expected = F.normalize(pixels.float() @ F.normalize(embeddings, dim=-1), dim=0)
+            torch.testing.assert_close(result.embeddings[row], expected)
+            merged += int((pixels > 0).sum() > 1)
+        plain = panoptic_inference(class_logits, at_full_size(masks), IS_THING, 0.0, 0.8)
+        assert plain.embeddings is None
+        assert torch.equal(plain.ids, result.ids) and plain.segments == result.segments
+        published = to_segmentation(result, NAMES)
+        assert published.embeddings.dtype == np.float32
+        np.testing.assert_array_equal(published.embeddings, result.embeddings.numpy())
+        assert to_segmentation(plain, NAMES).embeddings is None
+    assert merged >= 2
+
+
+def test_merged_stuff_embedding_is_the_mean_of_normalised_query_embeddings() -> None:
+    # The quadrant layout above: stuff segment 1 = q0 + q1 (equal areas), things 2 = q2, 3 = q3.
+    class_logits = torch.full((5, 3), -5.0)
+    class_logits[[0, 1], 0] = torch.tensor([5.0, 3.0])
+    class_logits[[2, 3], 1] = 4.0
+    class_logits[4, 2] = 9.0
+    masks = torch.full((5, 8, 8), -8.0)
+    masks[0, :4, :4] = masks[1, 4:, 4:] = masks[2, :4, 4:] = masks[3, 4:, :4] = 8.0
+    masks[4] = 8.0
+    embeddings = torch.tensor([[10.0, 0, 0], [0, 1, 0], [0, 0, 3], [4, 0, 3], [1, 1, 1]])
+    result = panoptic_inference(class_logits, at_full_size(masks), torch.tensor([False, True]),
+                                region_embeddings=embeddings)
+    half = 0.5**0.5  # q0 and q1 count alike whatever their norms
+    expected = torch.tensor([[half, half, 0], [0, 0, 1], [0.8, 0, 0.6]])
+    torch.testing.assert_close(result.embeddings, expected)
+
+
+def test_void_only_panoptic_result_has_an_empty_embedding_matrix() -> None:
+    class_logits, masks = random_outputs(0)
+    class_logits[:, -1] += 50
+    result = panoptic_inference(class_logits, at_full_size(masks), IS_THING,
+                                region_embeddings=region_embeddings(0, NUM_QUERIES))
+    assert result.embeddings.shape == (0, 8)
+    assert to_segmentation(result, NAMES).embeddings.shape == (0, 8)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("geometry", EXACT)
+@pytest.mark.parametrize("chunk_size", [1, 8])  # bands of a few rows, or the whole image
+def test_semantic_embeddings_weight_queries_by_their_share_of_the_class_score(
+    seed, geometry, chunk_size
+):
+    class_logits, logits = stride4_outputs(seed, 24, GEOMETRIES[geometry][0])
+    masks = query_masks(logits, geometry, chunk_size)
+    embeddings = region_embeddings(seed, 24)
+    result = semantic_inference(class_logits, masks, embeddings)
+    # A class's pixels are scored by sum_q P_q(class) sigmoid(mask_q); query q's share of the
+    # segment is its term summed over the segment's pixels.
+    class_probs = class_logits.softmax(-1)[:, :-1]
+    sigmoid = full_size(masks).sigmoid()
+    present = result.labels.unique()
+    expected = torch.stack([
+        F.normalize(class_probs[:, c] * sigmoid[:, result.labels == c].sum(-1)
+                    @ F.normalize(embeddings, dim=-1), dim=0)
+        for c in present
+    ])
+    assert len(present) > 1
+    # Float32 sums over thousands of pixels, in another order: weights agree to ~1e-5.
+    torch.testing.assert_close(result.embeddings, expected, rtol=0, atol=1e-5)
+    plain = semantic_inference(class_logits, masks)
+    assert plain.embeddings is None and torch.equal(plain.labels, result.labels)
+    names = [f"class {c}" for c in range(NUM_CLASSES)]
+    published = semantic_to_segmentation(result, names, IS_THING)
+    assert [s.class_id for s in published.segments] == present.tolist()  # rows in id order
+    np.testing.assert_array_equal(published.embeddings, result.embeddings.numpy())

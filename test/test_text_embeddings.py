@@ -6,17 +6,24 @@ import json
 import logging
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
 from fcclip_ros.text_embeddings import (
+    MAX_QUERY_SYNONYMS,
     TEMPLATES,
+    QueryError,
     TextEmbedder,
+    TextQueries,
     encode_text_truncated,
+    rank_segments,
+    segment_scores,
     text_tower_fingerprint,
 )
 from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary
@@ -305,3 +312,84 @@ def test_concurrent_writer_processes_leave_a_readable_cache(tmp_path) -> None:
     assert (reader.stats.encoded, reader.stats.corrupt_files) == (0, 0)
     expected = TextEmbedder(ByteTower(), byte_tokenizer, "bytes").embed(synonyms)
     assert torch.allclose(rows, expected, rtol=0, atol=1e-6)
+
+
+def test_a_vocabulary_entry_queried_as_text_gives_its_classifier_rows(model, tokenizer, tmp_path):
+    vocabulary = Vocabulary.from_entries(["cat, kitten", "traffic light", "robot arm, arm"])
+    embedder = TextEmbedder(model, tokenizer, "tiny", tmp_path)
+    classifier = embedder.classifier(vocabulary)
+    encoded = embedder.stats.encoded
+    queries = embedder.queries(vocabulary.entries)
+    assert embedder.stats.encoded == encoded  # the vocabulary's cache serves the query
+    assert queries.texts == vocabulary.entries
+    np.testing.assert_array_equal(queries.embeddings, classifier.embeddings.numpy())
+    np.testing.assert_array_equal(queries.text_of_row, classifier.class_of_row.numpy())
+    restarted = TextEmbedder(model, tokenizer, "tiny", tmp_path)  # a new process: from disk
+    np.testing.assert_array_equal(restarted.queries(["robot arm, arm"]).embeddings,
+                                  classifier.embeddings[3:].numpy())
+    assert restarted.stats.encoded == 0 and restarted.stats.disk_hits == 2
+
+
+def test_a_text_scores_the_best_of_its_synonyms() -> None:
+    generator = np.random.default_rng(0)
+    rows = generator.normal(size=(5, 4)).astype(np.float32)
+    rows /= np.linalg.norm(rows, axis=1, keepdims=True)
+    queries = TextQueries(("a, b", "c", "d, e, f"), rows, np.array([0, 0, 1, 2, 2]))
+    segments = generator.normal(size=(6, 4)).astype(np.float32)
+    segments /= np.linalg.norm(segments, axis=1, keepdims=True)
+    scores = segment_scores(queries, segments)
+    assert scores.shape == (3, 6) and scores.dtype == np.float32
+    for text, synonym_rows in enumerate(([0, 1], [2], [3, 4])):
+        for n in range(6):
+            assert scores[text, n] == pytest.approx(max(rows[r] @ segments[n]
+                                                        for r in synonym_rows))
+    assert segment_scores(queries, np.zeros((0, 4), np.float32)).shape == (3, 0)
+    with pytest.raises(ValueError, match=r"shape \(6, 3\) do not match the 4-d"):
+        segment_scores(queries, segments[:, :3])
+
+
+def test_ranking_is_best_first_and_keeps_segment_order_on_ties() -> None:
+    queries = TextQueries(("x", "y"), np.eye(2, dtype=np.float32), np.array([0, 1]))
+    segments = np.array([[0.6, 0.8], [1.0, 0.0], [0.6, 0.8], [0.0, 1.0]], np.float32)
+    order, scores = rank_segments(queries, segments)
+    assert order.tolist() == [[1, 0, 2, 3], [3, 0, 2, 1]]
+    np.testing.assert_allclose(scores, [[1.0, 0.6, 0.6, 0.0], [1.0, 0.8, 0.8, 0.0]])
+
+
+def test_too_many_synonyms_in_one_query_are_refused(model, tokenizer) -> None:
+    embedder = TextEmbedder(model, tokenizer, "tiny")
+    texts = [", ".join(f"thing {i} {j}" for j in range(8)) for i in range(33)]
+    with pytest.raises(QueryError, match=f"264 synonyms over all texts; at most "
+                                         f"{MAX_QUERY_SYNONYMS}"):
+        embedder.queries(texts)
+    assert embedder.stats.encoded == 0
+
+
+def test_a_query_is_answered_while_a_long_vocabulary_encodes(model, tokenizer) -> None:
+    embedder = TextEmbedder(model, tokenizer, "tiny")
+    encode = embedder._encode
+    started, release = threading.Event(), threading.Event()
+
+    def slow_for_the_vocabulary(synonyms):
+        if "a huge vocabulary" in synonyms:
+            started.set()
+            assert release.wait(timeout=30)
+        return encode(synonyms)
+
+    embedder._encode = slow_for_the_vocabulary
+    swap = threading.Thread(target=embedder.embed, args=(["a huge vocabulary"],))
+    swap.start()
+    assert started.wait(timeout=30)
+    answers = []
+    query = threading.Thread(target=lambda: answers.append(embedder.queries(["a red mug"])))
+    query.start()
+    query.join(timeout=30)
+    answered_during_the_swap = not query.is_alive()
+    release.set()
+    swap.join(timeout=30)
+    query.join(timeout=30)
+    assert answered_during_the_swap
+    np.testing.assert_allclose(answers[0].embeddings,
+                               official_classifier(model, tokenizer, ["a red mug"]).numpy(),
+                               rtol=0, atol=1e-5)
+    assert embedder.stats.encoded == 2

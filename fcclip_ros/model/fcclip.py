@@ -106,10 +106,16 @@ class FCCLIP(nn.Module):
             self.sem_seg_head = FCCLIPHead(config)
             self.void_embedding = nn.Embedding(1, config.embed_dim)  # learned "no object" text
 
-    def forward(self, images: torch.Tensor,
-                classifier: TextClassifier) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, images: torch.Tensor, classifier: TextClassifier,
+                with_region_embeddings: bool = False) -> tuple[torch.Tensor, ...]:
         """Normalised, padded images (B, 3, H, W) -> mask logits (B, Q, H/4, W/4) and class
         logits (B, Q, C + 1), void last: the official model's final `pred_logits`.
+
+        With `with_region_embeddings`, a third output: the (B, Q, embed_dim) region embeddings
+        the out-of-vocabulary classifier scored, unnormalised, in CLIP's joint image-text space.
+        They are computed either way; the flag only keeps them for the caller. (ResNets: a query
+        whose mask is empty at stride 32 pools the whole image; the valid-mask ensemble gives
+        CLIP no vote on its class.)
         """
         features = self.backbone(images)
         mask_logits, class_embeddings = self.sem_seg_head(features)
@@ -131,4 +137,6 @@ class FCCLIP(nn.Module):
         class_logits = geometric_ensemble(in_vocab_logits, out_vocab_logits, classifier.seen,
                                           self.config.ensemble_alpha, self.config.ensemble_beta,
                                           valid)
+        if with_region_embeddings:
+            return mask_logits, class_logits, region_embeddings
         return mask_logits, class_logits
