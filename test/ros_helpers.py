@@ -23,8 +23,8 @@ from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import DurabilityPolicy, QoSProfile
 from sensor_msgs.msg import CompressedImage, Image
 
-from fcclip_ros.msg import SegmentArray, Vocabulary
-from fcclip_ros.srv import GetVocabulary, SetVocabulary
+from fcclip_ros.msg import SegmentArray, SegmentEmbeddings, Vocabulary
+from fcclip_ros.srv import GetVocabulary, Query, SetVocabulary
 
 # The real node with the small test configuration and random weights: fast on a CPU.
 TEST_PARAMETERS = (
@@ -119,6 +119,7 @@ class Peer:
         self.node = harness.node
         self.set_client = self.node.create_client(SetVocabulary, f"{namespace}/set_vocabulary")
         self.get_client = self.node.create_client(GetVocabulary, f"{namespace}/get_vocabulary")
+        self.query_client = self.node.create_client(Query, f"{namespace}/query")
         self.parameters = AsyncParameterClient(self.node, f"{namespace}/fcclip")
         self.diagnostics: list[DiagnosticArray] = []
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
@@ -170,6 +171,10 @@ class Peer:
 
     def get_vocabulary(self) -> Any:
         return self.call(self.get_client, GetVocabulary.Request())
+
+    def query(self, texts: Iterable[str], camera: str = "", top_k: int = 0) -> Any:
+        request = Query.Request(texts=list(texts), camera=camera, top_k=top_k)
+        return self.call(self.query_client, request)
 
     def vocabulary_version_reaches(self, version: int, timeout: float = 30.0) -> Any:
         """The vocabulary in force once it has `version` (parameter swaps encode in the
@@ -243,7 +248,8 @@ class Peer:
 class Outputs:
     """Every output of one camera namespace, grouped by the stamp of the frame it came from."""
 
-    def __init__(self, peer: Peer, namespace: str, images: Iterable[str] = IMAGE_OUTPUTS) -> None:
+    def __init__(self, peer: Peer, namespace: str, images: Iterable[str] = IMAGE_OUTPUTS,
+                 embeddings: bool = False) -> None:
         self.frames: dict[tuple[int, int], dict[str, Any]] = defaultdict(dict)
         self.arrival: dict[tuple[int, int], float] = {}
         self.vocabularies: list[Vocabulary] = []
@@ -260,6 +266,10 @@ class Outputs:
                 Vocabulary, f"{namespace}/vocabulary", self.vocabularies.append, LATCHED
             ),
         ]
+        if embeddings:
+            self._subscriptions.append(node.create_subscription(
+                SegmentEmbeddings, f"{namespace}/embeddings", self._keep("embeddings"), 10
+            ))
 
     def close(self) -> None:
         """Unsubscribe, so the node stops computing overlay and confidence for this test."""

@@ -79,8 +79,8 @@ def subscribe(peer):
     """Subscribe to a camera's outputs for one test: subscribe(namespace, images=...)."""
     made: list[Outputs] = []
 
-    def subscribe(namespace: str, images=IMAGE_OUTPUTS) -> Outputs:
-        made.append(Outputs(peer, namespace, images))
+    def subscribe(namespace: str, images=IMAGE_OUTPUTS, embeddings: bool = False) -> Outputs:
+        made.append(Outputs(peer, namespace, images, embeddings))
         return made[-1]
 
     yield subscribe
@@ -487,6 +487,77 @@ def _busy_reason(peer: Peer) -> str:
     return peer.set_vocabulary(preset="no such preset").message
 
 
+def test_embeddings_are_published_only_while_subscribed_one_unit_row_per_segment(peer, subscribe):
+    outputs = subscribe(OUTPUTS_A, images=[], embeddings=True)
+    _, frame = peer.publish_until_complete(outputs, CAMERA_A, rgb_frame, ["segments", "embeddings"])
+    segments, embeddings = frame["segments"], frame["embeddings"]
+    assert embeddings.header == segments.header
+    assert embeddings.vocabulary_version == segments.vocabulary_version
+    assert list(embeddings.segment_ids) == [s.id for s in segments.segments]
+    assert embeddings.model == "tiny" and embeddings.dimension > 0
+    rows = np.asarray(embeddings.data, np.float32).reshape(-1, embeddings.dimension)
+    assert rows.shape[0] == len(segments.segments) > 0
+    np.testing.assert_allclose(np.linalg.norm(rows, axis=1), 1.0, atol=1e-5)
+
+    outputs.close()
+    peer.spin_for(1.5)  # diagnostics come at 1 Hz: one from after the last embeddings
+    published = int(peer.camera_status(CAMERA_A)["embedding_arrays_published"])
+    assert published >= 1
+    quiet = subscribe(OUTPUTS_A, images=[])
+    peer.publish_until_complete(quiet, CAMERA_A, rgb_frame, ["segments"])
+    peer.publish_until_complete(quiet, CAMERA_A, rgb_frame, ["segments"])
+    peer.spin_for(1.5)  # diagnostics come at 1 Hz
+    assert int(peer.camera_status(CAMERA_A)["embedding_arrays_published"]) == published
+
+
+def test_query_scores_the_latest_frame_from_its_kept_embeddings(peer, subscribe):
+    outputs = subscribe(OUTPUTS_A, images=[])
+    peer.publish_until_complete(outputs, CAMERA_A, rgb_frame, ["segments"])
+    processed = settled_frames_processed(peer, CAMERA_A)
+    latest = outputs.frames[max(outputs.frames)]  # the newest stamp: the last frame served
+
+    response = peer.query(["person", "a red mug, a coffee cup"], camera=CAMERA_A, top_k=2)
+    assert response.success, response.message
+    assert [(r.camera, r.text) for r in response.results] == [
+        (CAMERA_A, "person"), (CAMERA_A, "a red mug, a coffee cup")]
+    ids = {s.id for s in latest["segments"].segments}
+    for result in response.results:
+        assert result.header == latest["segments"].header
+        assert 0 < len(result.segment_ids) <= 2 and set(result.segment_ids) <= ids
+        assert list(result.scores) == sorted(result.scores, reverse=True)
+        assert all(-1.0 <= score <= 1.0 for score in result.scores)
+    every_camera = peer.query(["person"])  # each camera that has segmented a frame answers
+    assert every_camera.success and CAMERA_A in {r.camera for r in every_camera.results}
+    assert settled_frames_processed(peer, CAMERA_A) == processed  # nothing was run again
+
+
+def settled_frames_processed(peer: Peer, camera: str) -> str:
+    """The camera's frames_processed once two diagnostics a second apart agree."""
+    previous = None
+    for _ in range(30):
+        peer.spin_for(1.1)
+        current = peer.camera_status(camera)["frames_processed"]
+        if current == previous:
+            return current
+        previous = current
+    raise AssertionError(f"{camera} kept processing frames")
+
+
+@pytest.mark.parametrize(
+    ("texts", "camera", "reason"),
+    [
+        ([], "", "no text given"),
+        (["mug", "  "], "", "text 1 is blank"),
+        (["mug"] * 65, "", "65 texts given; at most 64"),
+        (["mug"], "/nobody/image", "unknown camera '/nobody/image'"),
+    ],
+)
+def test_bad_queries_are_refused_with_the_reason(peer, texts, camera, reason):
+    response = peer.query(texts, camera=camera)
+    assert not response.success and reason in response.message, response.message
+    assert list(response.results) == []
+
+
 def run_command(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="fcclip-ros")
     add_subcommands(parser.add_subparsers(required=True))
@@ -509,6 +580,19 @@ def test_command_line_gets_and_sets_the_vocabulary_of_the_running_node(peer, cap
     assert run_command("set-vocabulary", "--preset", "coco", "--timeout", "20") == 0
     assert run_command("get-vocabulary", "--namespace", "/nobody", "--timeout", "1") == 1
     assert "no service /nobody/get_vocabulary" in capsys.readouterr().err
+
+
+def test_command_line_queries_the_latest_frame(peer, subscribe, capsys):
+    outputs = subscribe(OUTPUTS_A, images=[])
+    peer.publish_until_complete(outputs, CAMERA_A, rgb_frame, ["segments"])
+    assert run_command("query", "person", "a red mug", "--camera", CAMERA_A, "--top-k", "1",
+                       "--timeout", "20") == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("2 texts scored on the latest frame of")
+    assert printed[1].startswith(f"{CAMERA_A} @ ") and "'person': segment " in printed[1]
+    assert "'a red mug': segment " in printed[2]
+    assert run_command("query", "mug", "--camera", "/nobody/image", "--timeout", "20") == 1
+    assert "refused: unknown camera '/nobody/image'" in capsys.readouterr().err
 
 
 def test_random_weights_are_announced_loudly(peer, node):

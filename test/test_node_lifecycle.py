@@ -29,6 +29,16 @@ class LifecycleClient:
         self.change = peer.node.create_client(ChangeState, f"{node}/change_state")
         self.get = peer.node.create_client(GetState, f"{node}/get_state")
 
+    def wait(self, node: NodeProcess, timeout: float = 60.0) -> None:
+        """Until both services are discovered and matched: a request sent the moment a server
+        is discovered can be lost while its endpoints still match (then it is never answered)."""
+        deadline = time.monotonic() + timeout
+        for client in (self.change, self.get):
+            while not client.wait_for_service(timeout_sec=0.5):
+                assert node.process.poll() is None, "node exited:\n" + node.output()
+                assert time.monotonic() < deadline, "no lifecycle services:\n" + node.output()
+        self.peer.spin_for(1.0)
+
     def state(self) -> str:
         return self.peer.call(self.get, GetState.Request()).current_state.label
 
@@ -78,7 +88,7 @@ def test_lifecycle_transitions_start_stop_and_free_the_model(tmp_path, peer):
                        f"cache_dir:={tmp_path}", namespace="/managed")
     try:
         lifecycle = LifecycleClient(peer, "/managed/fcclip")
-        assert lifecycle.get.wait_for_service(timeout_sec=60), node.output()
+        lifecycle.wait(node)
         assert lifecycle.state() == "unconfigured"
         assert not peer.get_client.wait_for_service(timeout_sec=1.0)  # no engine, no service
         unconfigured_mb = resident_mb(node.process.pid)
@@ -129,7 +139,7 @@ def test_a_failed_configure_keeps_the_node_up_unconfigured_with_the_reason(tmp_p
                        namespace="/managed")
     try:
         lifecycle = LifecycleClient(peer, "/managed/fcclip")
-        assert lifecycle.get.wait_for_service(timeout_sec=60), node.output()
+        lifecycle.wait(node)
         assert not lifecycle.transition(Transition.TRANSITION_CONFIGURE)
         assert lifecycle.state() == "unconfigured"
         assert node.process.poll() is None
@@ -155,6 +165,7 @@ def test_shutdown_while_active_and_streaming_is_prompt(tmp_path, peer):
     try:
         lifecycle = LifecycleClient(peer, "/managed/fcclip")
         peer.wait_for_node(node, timeout=180)
+        lifecycle.wait(node)
         assert lifecycle.state() == "active"  # autostart
         outputs = Outputs(peer, "/managed_cam/segmentation", images=[])
         assert peer.publisher_ready("/managed_cam/image")

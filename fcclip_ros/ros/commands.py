@@ -1,4 +1,4 @@
-"""The ROS side of the `fcclip-ros` command: run the node, set or get its vocabulary.
+"""The ROS side of the `fcclip-ros` command: run the node, set or get its vocabulary, query it.
 
 Lets a user without the `ros2` command line (e.g. a pip-only install) start the node and change
 what it looks for; inside a ROS install `ros2 run` / `ros2 service call` do the same.
@@ -15,7 +15,8 @@ DEFAULT_TIMEOUT_S = 60.0  # a swap to a large uncached vocabulary encodes for a 
 
 
 def add_subcommands(subparsers: Any) -> None:
-    """Add `run`, `set-vocabulary` and `get-vocabulary`, each with a `func(args) -> int`."""
+    """Add `run`, `set-vocabulary`, `get-vocabulary` and `query`, each with a
+    `func(args) -> int`."""
     run = subparsers.add_parser(
         "run",
         help="start the segmenter node (what `ros2 run fcclip_ros segmenter` starts)",
@@ -47,6 +48,19 @@ def add_subcommands(subparsers: Any) -> None:
     )
     _add_service_options(get_vocabulary)
     get_vocabulary.set_defaults(func=_get_vocabulary)
+
+    query = subparsers.add_parser(
+        "query",
+        help="which segments of the latest frame fit these texts (the network is not re-run)",
+        description="Score the segments of each camera's latest frame against texts, by the "
+        "cosine of their CLIP embeddings (the node's `query` service). A text is \"text\" or "
+        "\"text, synonym, ...\" and scores as its best synonym.",
+    )
+    query.add_argument("texts", nargs="+", help='e.g. "a red mug" "something to sit on"')
+    query.add_argument("--camera", default="", help="one input topic (default: every camera)")
+    query.add_argument("--top-k", type=int, default=3, help="segments per text (0: all)")
+    _add_service_options(query)
+    query.set_defaults(func=_query)
 
 
 def _add_service_options(parser: argparse.ArgumentParser) -> None:
@@ -133,4 +147,27 @@ def _get_vocabulary(args: argparse.Namespace) -> int:
         return 1
     print(f"vocabulary v{response.version}: {len(response.classes)} classes")
     _print_classes(list(response.classes), list(response.is_thing))
+    return 0
+
+
+def _query(args: argparse.Namespace) -> int:
+    from fcclip_ros.srv import Query
+
+    if not 0 <= args.top_k <= 65535:
+        print("query: --top-k must be 0..65535", file=sys.stderr)
+        return 2
+    request = Query.Request(texts=list(args.texts), camera=args.camera, top_k=args.top_k)
+    response = _call(args, Query, "query", request)
+    if response is None:
+        return 1
+    if not response.success:
+        print(f"refused: {response.message}", file=sys.stderr)
+        return 1
+    print(response.message)
+    for result in response.results:
+        stamp = f"{result.header.stamp.sec}.{result.header.stamp.nanosec:09d}"
+        matches = ", ".join(f"segment {segment_id} ({score:.3f})"
+                            for segment_id, score in zip(result.segment_ids, result.scores,
+                                                         strict=True))
+        print(f"{result.camera} @ {stamp}  {result.text!r}: {matches or 'no segments'}")
     return 0

@@ -90,11 +90,12 @@ def _status(level: int, name: str, message: str, hardware_id: str,
     )
 
 
-def camera_status(name: str, counts: SlotCounts, stats: CameraStats, overlays: int,
-                  confidence_maps: int, publishers: int, advice: str,
+def camera_status(name: str, counts: SlotCounts, stats: CameraStats,
+                  on_demand: Mapping[str, int], publishers: int, advice: str,
                   hardware_id: str) -> DiagnosticStatus:
-    """One camera; `publishers`: how many publish on its topic, `advice`: what to do when they
-    do but no frame arrives."""
+    """One camera; `on_demand`: counts of the outputs computed only while subscribed,
+    `publishers`: how many publish on its topic, `advice`: what to do when they do but no frame
+    arrives."""
     inputs, outputs = stats.arrivals.rate(), stats.outputs.rate()
     silent = counts.last_arrival is None or (
         time.monotonic() - counts.last_arrival > NO_INPUT_WARNING_S
@@ -115,9 +116,7 @@ def camera_status(name: str, counts: SlotCounts, stats: CameraStats, overlays: i
         "frames_processed": str(stats.processed),
         "frames_skipped": str(counts.skipped),
         "frames_malformed": str(stats.malformed),
-        "overlays_drawn": str(overlays),
-        "confidence_maps_published": str(confidence_maps),
-    }
+    } | {key: str(count) for key, count in on_demand.items()}
     return _status(level, name, message, hardware_id, values)
 
 

@@ -23,9 +23,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import rclpy
 import torch
 from diagnostic_msgs.msg import DiagnosticArray
@@ -43,12 +45,14 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from fcclip_ros.engine import Engine, EngineError, resolve_device
 from fcclip_ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
+from fcclip_ros.msg import QueryResult
 from fcclip_ros.ros import parameters
 from fcclip_ros.ros.diagnostics import CameraStats, camera_status, dds_transport, engine_status
 from fcclip_ros.ros.outputs import CameraOutputs, vocabulary_message
 from fcclip_ros.ros.parameters import ConfigurationError
 from fcclip_ros.ros.scheduling import FrameScheduler
-from fcclip_ros.srv import GetVocabulary, SetVocabulary
+from fcclip_ros.srv import GetVocabulary, Query, SetVocabulary
+from fcclip_ros.text_embeddings import QueryError, TextQueries, parse_query_texts, rank_segments
 from fcclip_ros.vocabulary import Vocabulary, VocabularyError, VocabularyState
 
 NODE_NAME = "fcclip"
@@ -62,17 +66,28 @@ GIL_SWITCH_INTERVAL_S = 0.0005  # see run()
 STOP_GRACE_S = 2.0  # how long deactivate / shutdown wait for a frame in flight to stop
 
 
+@dataclass(frozen=True)
+class LatestEmbeddings:
+    """A camera's last frame that has segment embeddings: what `query` answers from."""
+
+    header: Any
+    segment_ids: list[int]
+    embeddings: np.ndarray  # (len(segment_ids), D)
+
+
 class Camera:
     """One input topic: its outputs, statistics, and (while active) its subscription."""
 
-    def __init__(self, node: SegmenterNode, index: int, topic: str, compressed: bool) -> None:
+    def __init__(self, node: SegmenterNode, index: int, topic: str, compressed: bool,
+                 model: str) -> None:
         self.index, self.topic = index, topic
         self.source = f"{topic}/compressed" if compressed else topic
         self.message_type = CompressedImage if compressed else Image
         self.to_rgb = compressed_to_rgb if compressed else image_to_rgb
-        self.outputs = CameraOutputs(node, topic)
+        self.outputs = CameraOutputs(node, topic, model)
         self.stats = CameraStats()
         self.subscription: Any = None
+        self.latest: LatestEmbeddings | None = None  # replaced whole, read without a lock
 
 
 class SegmenterNode(LifecycleNode):
@@ -94,6 +109,7 @@ class SegmenterNode(LifecycleNode):
         self._publishing = threading.Lock()  # held while a result goes out; see _stop_worker()
         self._vocabulary_services: list[Any] = []
         self._configure_error = ""
+        self._query_encoding = threading.Lock()  # one query's texts encode at a time
         self._style = parameters.overlay_style(parameters.values(self))
         self._vocabulary_source = parameters.requested_vocabulary(parameters.values(self))
         self._image_group = MutuallyExclusiveCallbackGroup()
@@ -124,7 +140,7 @@ class SegmenterNode(LifecycleNode):
         self._vocabulary_source = parameters.requested_vocabulary(values)
         compressed = values["transport"] == "compressed"
         self.cameras = [
-            Camera(self, index, topic, compressed)
+            Camera(self, index, topic, compressed, values["model"])
             for index, topic in enumerate(values["image_topics"])
         ]
         batch = values["max_batch_size"] if self.engine.device.type == "cuda" else 1
@@ -134,6 +150,7 @@ class SegmenterNode(LifecycleNode):
                                 callback_group=self._service_group),
             self.create_service(GetVocabulary, "get_vocabulary", self._get_vocabulary,
                                 callback_group=self._service_group),
+            self.create_service(Query, "query", self._query, callback_group=self._service_group),
         ]
         self.engine.vocabulary.add_listener(self._publish_vocabulary)
         return super().on_configure(state)
@@ -337,6 +354,78 @@ class SegmenterNode(LifecycleNode):
         self._style = parameters.overlay_style(changes, self._style)
         return SetParametersResult(successful=True)
 
+    # ---- text queries about the latest frames ---------------------------------------------
+
+    async def _query(self, request: Query.Request, response: Query.Response) -> Query.Response:
+        """Score the segments of each camera's latest frame against texts, from the embeddings
+        kept with it: the network is not run again. A coroutine: the texts encode on a thread of
+        their own (milliseconds once cached, seconds for new texts on a CPU)."""
+        texts = list(request.texts)
+        try:
+            cameras = self._cameras_named(request.camera)
+            parse_query_texts(texts)  # refuse bad input before any work
+            queries = await self._off_the_executor(lambda: self._encode_query(texts))
+        except QueryError as error:
+            response.success, response.message = False, str(error)
+            return response
+        answered, waiting = [], []
+        for camera in cameras:
+            latest = camera.latest
+            if latest is None:
+                waiting.append(camera.topic)
+                continue
+            answered.append(camera.topic)
+            order, scores = rank_segments(queries, latest.embeddings)
+            top_k = request.top_k or len(latest.segment_ids)
+            for text, rows, row_scores in zip(texts, order, scores, strict=True):
+                response.results.append(QueryResult(
+                    camera=self.resolve_topic_name(camera.topic), text=text,
+                    header=latest.header,
+                    segment_ids=[latest.segment_ids[row] for row in rows[:top_k]],
+                    scores=row_scores[:top_k].tolist(),
+                ))
+        no_frame = f"no segmented frame with embeddings yet from {', '.join(waiting)}"
+        response.success = bool(answered)
+        response.message = (f"{len(texts)} texts scored on the latest frame of "
+                            f"{', '.join(answered)}" + (f"; {no_frame}" if waiting else "")
+                            if answered else no_frame)
+        return response
+
+    def _cameras_named(self, name: str) -> list[Camera]:
+        if not name.strip():
+            return list(self.cameras)
+        wanted = self.resolve_topic_name(name.strip())
+        for camera in self.cameras:
+            if self.resolve_topic_name(camera.topic) == wanted:
+                return [camera]
+        known = ", ".join(self.resolve_topic_name(camera.topic) for camera in self.cameras)
+        raise QueryError(f"unknown camera {name!r}; the node's cameras: {known}")
+
+    def _encode_query(self, texts: list[str]) -> TextQueries:
+        if not self._query_encoding.acquire(blocking=False):
+            raise QueryError("busy: another query's texts are being encoded; try again")
+        try:
+            return self.engine.encode_texts(texts)
+        finally:
+            self._query_encoding.release()
+
+    def _off_the_executor(self, work: Callable[[], Any]) -> Future:
+        """Run `work` on a thread of its own; the future (completed on this node's executor)
+        gets its result, or raises its QueryError when awaited."""
+        finished = Future(executor=self.executor)
+        finished.add_done_callback(lambda _: None)  # so that completing it wakes the executor
+
+        def run() -> None:
+            try:
+                finished.set_result(work())
+            except QueryError as error:
+                finished.set_exception(error)
+            except Exception as error:  # whatever happened, the caller gets an answer
+                finished.set_exception(QueryError(f"the query failed: {error!r}"))
+
+        threading.Thread(target=run, name="fcclip-query", daemon=True).start()
+        return finished
+
     # ---- inference worker -----------------------------------------------------------------
 
     def _on_frame(self, camera: Camera, msg: Any) -> None:
@@ -371,8 +460,12 @@ class SegmenterNode(LifecycleNode):
         if not frames:
             return
         confidence = [camera.outputs.wants_confidence for camera, _, _ in frames]
+        keep = self.get_parameter("keep_embeddings").value
+        embeddings = [keep or camera.outputs.wants_embeddings for camera, _, _ in frames]
         start = time.monotonic()
-        results = self.engine.segment_batch([rgb for _, _, rgb in frames], confidence)
+        results = self.engine.segment_batch(
+            [rgb for _, _, rgb in frames], confidence, embeddings
+        )
         elapsed = time.monotonic() - start
         with self._publishing:
             if not self._active.is_set():  # deactivated or shutting down: the results are dropped
@@ -380,6 +473,9 @@ class SegmenterNode(LifecycleNode):
             for (camera, msg, rgb), result in zip(frames, results, strict=True):
                 camera.outputs.publish(msg.header, rgb, result, self._style)
                 self._count_output(camera, msg.header, elapsed)
+                if result.embeddings is not None:
+                    ids = [segment.id for segment in result.segments]
+                    camera.latest = LatestEmbeddings(msg.header, ids, result.embeddings)
 
     def _count_output(self, camera: Camera, header: Any, inference_s: float) -> None:
         camera.stats.processed += 1
@@ -399,8 +495,8 @@ class SegmenterNode(LifecycleNode):
         msg.status = [
             camera_status(
                 f"{self.get_name()}: {self.resolve_topic_name(camera.source)}",
-                scheduler.counts[camera.index], camera.stats, camera.outputs.overlays,
-                camera.outputs.confidence_maps, self.count_publishers(camera.source),
+                scheduler.counts[camera.index], camera.stats, camera.outputs.computed_on_demand(),
+                self.count_publishers(camera.source),
                 self.dds_advice, device,
             )
             for camera in (self.cameras if scheduler else [])

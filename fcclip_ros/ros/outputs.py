@@ -1,7 +1,8 @@
 """Per camera: the output publishers under `<ns>/segmentation/`, and a Segmentation as messages.
 
-Every output carries the input image's header unchanged. `overlay` and `confidence` are computed
-only while someone subscribes to them.
+Every output carries the input image's header unchanged. `overlay`, `confidence` and
+`embeddings` are computed only while someone subscribes to them (embeddings also while the node
+keeps them for the `query` service).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile
 from sensor_msgs.msg import Image, RegionOfInterest
 
 from fcclip_ros.image_conversion import fill_image
-from fcclip_ros.msg import Segment, SegmentArray, Vocabulary
+from fcclip_ros.msg import Segment, SegmentArray, SegmentEmbeddings, Vocabulary
 from fcclip_ros.overlay import OverlayStyle, draw_overlay
 from fcclip_ros.result import UNLABELED, Segmentation
 from fcclip_ros.topics import output_namespace
@@ -50,6 +51,19 @@ def segments_message(header: Any, result: Segmentation) -> SegmentArray:
     return msg
 
 
+def embeddings_message(header: Any, result: Segmentation, model: str) -> SegmentEmbeddings:
+    """The segments' CLIP embeddings of one result (which must carry them), rows in id order."""
+    embeddings = result.embeddings
+    return SegmentEmbeddings(
+        header=header,
+        vocabulary_version=result.vocabulary_version,
+        model=model,
+        dimension=embeddings.shape[1],
+        segment_ids=[segment.id for segment in result.segments],
+        data=embeddings.astype(np.float32, copy=False).ravel(),
+    )
+
+
 def vocabulary_message(state: VocabularyState, stamp: Any) -> Vocabulary:
     msg = Vocabulary(
         version=state.version,
@@ -65,10 +79,11 @@ class CameraOutputs:
     """The output topics of one camera, as lifecycle publishers: silent unless the node is
     active. Counts what was computed only on demand."""
 
-    def __init__(self, node: LifecycleNode, image_topic: str) -> None:
+    def __init__(self, node: LifecycleNode, image_topic: str, model: str) -> None:
         self._node = node
+        self._model = model
         self.namespace = output_namespace(image_topic)
-        self.overlays = self.confidence_maps = 0
+        self.overlays = self.confidence_maps = self.embedding_arrays = 0
 
         def publisher(message_type: type, name: str, qos: QoSProfile = OUTPUT_QOS) -> Any:
             return node.create_lifecycle_publisher(message_type, f"{self.namespace}/{name}", qos)
@@ -78,13 +93,24 @@ class CameraOutputs:
         self.confidence = publisher(Image, "confidence")
         self.overlay = publisher(Image, "overlay")
         self.segments = publisher(SegmentArray, "segments")
+        self.embeddings = publisher(SegmentEmbeddings, "embeddings")
         self.vocabulary = publisher(Vocabulary, "vocabulary", LATCHED_QOS)
         self._all = (self.labels, self.instances, self.confidence, self.overlay, self.segments,
-                     self.vocabulary)
+                     self.embeddings, self.vocabulary)
+
+    def computed_on_demand(self) -> dict[str, int]:
+        """How many of the outputs computed only while subscribed were published."""
+        return {"overlays_drawn": self.overlays,
+                "confidence_maps_published": self.confidence_maps,
+                "embedding_arrays_published": self.embedding_arrays}
 
     @property
     def wants_confidence(self) -> bool:
         return self.confidence.get_subscription_count() > 0
+
+    @property
+    def wants_embeddings(self) -> bool:
+        return self.embeddings.get_subscription_count() > 0
 
     def publish(self, header: Any, rgb: np.ndarray, result: Segmentation,
                 style: OverlayStyle) -> None:
@@ -98,6 +124,9 @@ class CameraOutputs:
             self.overlay.publish(image_message(header, overlay, "rgb8"))
             self.overlays += 1
         self.segments.publish(segments_message(header, result))
+        if result.embeddings is not None and self.wants_embeddings:
+            self.embeddings.publish(embeddings_message(header, result, self._model))
+            self.embedding_arrays += 1
 
     def destroy(self) -> None:
         for publisher in self._all:

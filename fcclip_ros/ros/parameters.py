@@ -187,6 +187,13 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         value_range=_integer_range(0, 1024),
     ),
     ParameterSpec(
+        "keep_embeddings",
+        True,
+        "Compute every frame's segment embeddings and keep the latest per camera for the `query`"
+        " service; false: only while `embeddings` is subscribed (queries then answer from the"
+        " last frame that had them).",
+    ),
+    ParameterSpec(
         "autostart",
         True,
         "Configure and activate at start-up; false: stay unconfigured until a lifecycle manager"
