@@ -227,9 +227,9 @@ def test_panoptic_segments_pass_both_thresholds(seed: int) -> None:
     assert (result.ids == 0).any()
 
 
-def test_panoptic_merges_stuff_of_one_class_and_numbers_in_query_order() -> None:
-    # Quadrants: q0 top-left and q1 bottom-right predict stuff class 0,
-    # q2 top-right and q3 bottom-left predict thing class 1; q4 is void.
+def quadrant_outputs() -> tuple[torch.Tensor, torch.Tensor]:
+    """(5, 3) class logits and (5, 8, 8) masks: q0 top-left and q1 bottom-right predict stuff
+    class 0, q2 top-right and q3 bottom-left predict thing class 1; q4 is void everywhere."""
     class_logits = torch.full((5, 3), -5.0)
     class_logits[[0, 1], 0] = torch.tensor([5.0, 3.0])
     class_logits[[2, 3], 1] = 4.0
@@ -237,6 +237,13 @@ def test_panoptic_merges_stuff_of_one_class_and_numbers_in_query_order() -> None
     masks = torch.full((5, 8, 8), -8.0)
     masks[0, :4, :4] = masks[1, 4:, 4:] = masks[2, :4, 4:] = masks[3, 4:, :4] = 8.0
     masks[4] = 8.0
+    return class_logits, masks
+
+
+def test_panoptic_merges_stuff_of_one_class_and_numbers_in_query_order() -> None:
+    # Quadrants: q0 top-left and q1 bottom-right predict stuff class 0,
+    # q2 top-right and q3 bottom-left predict thing class 1; q4 is void.
+    class_logits, masks = quadrant_outputs()
     result = panoptic_inference(class_logits, at_full_size(masks), torch.tensor([False, True]))
     assert [(s.id, s.class_id, s.is_thing) for s in result.segments] == [
         (1, 0, False),
@@ -589,13 +596,7 @@ def test_panoptic_embeddings_are_the_pixel_weighted_mean_of_each_segments_querie
 
 def test_merged_stuff_embedding_is_the_mean_of_normalised_query_embeddings() -> None:
     # The quadrant layout above: stuff segment 1 = q0 + q1 (equal areas), things 2 = q2, 3 = q3.
-    class_logits = torch.full((5, 3), -5.0)
-    class_logits[[0, 1], 0] = torch.tensor([5.0, 3.0])
-    class_logits[[2, 3], 1] = 4.0
-    class_logits[4, 2] = 9.0
-    masks = torch.full((5, 8, 8), -8.0)
-    masks[0, :4, :4] = masks[1, 4:, 4:] = masks[2, :4, 4:] = masks[3, 4:, :4] = 8.0
-    masks[4] = 8.0
+    class_logits, masks = quadrant_outputs()
     embeddings = torch.tensor([[10.0, 0, 0], [0, 1, 0], [0, 0, 3], [4, 0, 3], [1, 1, 1]])
     result = panoptic_inference(class_logits, at_full_size(masks), torch.tensor([False, True]),
                                 region_embeddings=embeddings)
