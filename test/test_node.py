@@ -867,3 +867,24 @@ def test_diagnostics_say_which_dds_transport_case_large_images_are_in(env, case,
     assert bool(advice) == advised
     assert not advice or "config/fastdds_large_images.xml" in advice
     assert (ROOT / "config" / "fastdds_large_images.xml").is_file()
+
+
+def test_without_pre_set_callbacks_a_preset_beside_classes_is_refused_with_the_reason():
+    """Humble's rclpy has no pre-set parameter callbacks, so nothing clears the class list when
+    the preset is set alone: that must be refused, not silently shadowed by the classes."""
+    import rclpy
+
+    from fcclip_ros.ros.node import SegmenterNode
+
+    context = rclpy.Context()
+    rclpy.init(context=context, args=["test", "--ros-args", "-p", "vocabulary:=[mug]"])
+    try:
+        node = SegmenterNode(context=context)  # unconfigured: no engine is built
+        result = node._on_set_parameters([Parameter("vocabulary_preset", value="ade20k")])
+        assert not result.successful and "take precedence over a preset" in result.reason
+        both = [Parameter("vocabulary_preset", value="ade20k"),
+                Parameter("vocabulary", Parameter.Type.STRING_ARRAY, [])]
+        assert node._on_set_parameters(both).successful
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=context)

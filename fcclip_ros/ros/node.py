@@ -96,7 +96,8 @@ class SegmenterNode(LifecycleNode):
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         parameters.declare(self)
-        self.add_pre_set_parameters_callback(parameters.preset_replaces_classes)
+        if hasattr(self, "add_pre_set_parameters_callback"):  # rclpy >= Iron; see below
+            self.add_pre_set_parameters_callback(parameters.preset_replaces_classes)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.dds_case, self.dds_advice = dds_transport(os.environ)
         self.exit_requested = threading.Event()  # by a signal, or by reaching `finalized`
@@ -320,6 +321,12 @@ class SegmenterNode(LifecycleNode):
         background, and if that fails put the parameters back to the vocabulary in force.
         Unconfigured, the values are only checked: configure uses them."""
         values = parameters.values(self) | changes
+        if "vocabulary_preset" in changes and "vocabulary" not in changes and values["vocabulary"]:
+            # Only without pre-set callbacks (Humble), which would have cleared the classes.
+            raise VocabularyError(
+                "`vocabulary` lists classes, which take precedence over a preset: set vocabulary"
+                " to [] together with vocabulary_preset, or use the set_vocabulary service"
+            )
         requested = parameters.requested_vocabulary(values)
         Vocabulary.from_preset(values["vocabulary_preset"])  # checked even while classes win
         if requested == self._vocabulary_source:
