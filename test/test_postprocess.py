@@ -108,15 +108,23 @@ def random_outputs(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
     class_logits = torch.randn(NUM_QUERIES, NUM_CLASSES + 1, generator=generator) * 3
     class_logits[:4, -1] += 20  # these queries are void
-    centres = torch.rand(NUM_QUERIES, 2, 1, 1, generator=generator) * torch.tensor(
-        [HEIGHT, WIDTH]
+    return class_logits, noisy_discs(generator, NUM_QUERIES, (HEIGHT, WIDTH), (6, 14))
+
+
+def noisy_discs(generator: torch.Generator, num_queries: int, size: tuple[int, int],
+                radii: tuple[float, float]) -> torch.Tensor:
+    """(Q, H, W) mask logits: a disc per query, of random centre and of radius in
+    radii[0] + [0, radii[1]), plus unit noise."""
+    height, width = size
+    centres = torch.rand(num_queries, 2, 1, 1, generator=generator) * torch.tensor(
+        [height, width]
     ).view(1, 2, 1, 1)
-    radii = 6 + 14 * torch.rand(NUM_QUERIES, 1, 1, generator=generator)
-    ys = torch.arange(HEIGHT, dtype=torch.float32).view(1, -1, 1)
-    xs = torch.arange(WIDTH, dtype=torch.float32).view(1, 1, -1)
+    radius = radii[0] + radii[1] * torch.rand(num_queries, 1, 1, generator=generator)
+    ys = torch.arange(height, dtype=torch.float32).view(1, -1, 1)
+    xs = torch.arange(width, dtype=torch.float32).view(1, 1, -1)
     distance = ((ys - centres[:, 0]) ** 2 + (xs - centres[:, 1]) ** 2).sqrt()
-    noise = torch.randn(NUM_QUERIES, HEIGHT, WIDTH, generator=generator)
-    return class_logits, 8 * (radii - distance) / radii + noise
+    noise = torch.randn(num_queries, height, width, generator=generator)
+    return 8 * (radius - distance) / radius + noise
 
 
 def official_panoptic(
@@ -397,18 +405,9 @@ def stride4_outputs(
     resolves in favour of the first.
     """
     generator = torch.Generator().manual_seed(seed)
-    height, width = logits_size
     class_logits = torch.randn(num_queries, num_classes + 1, generator=generator) * 3
     class_logits[: num_queries // 4, -1] += 20
-    centres = torch.rand(num_queries, 2, 1, 1, generator=generator) * torch.tensor(
-        [height, width]
-    ).view(1, 2, 1, 1)
-    radii = 2 + 5 * torch.rand(num_queries, 1, 1, generator=generator)
-    ys = torch.arange(height, dtype=torch.float32).view(1, -1, 1)
-    xs = torch.arange(width, dtype=torch.float32).view(1, 1, -1)
-    distance = ((ys - centres[:, 0]) ** 2 + (xs - centres[:, 1]) ** 2).sqrt()
-    noise = torch.randn(num_queries, height, width, generator=generator)
-    masks = 8 * (radii - distance) / radii + noise
+    masks = noisy_discs(generator, num_queries, logits_size, (2, 5))
     for source, copy in ((2, 10), (5, 6)):
         class_logits[copy], masks[copy] = class_logits[source], masks[source]
     return class_logits, masks
