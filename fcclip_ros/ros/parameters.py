@@ -77,7 +77,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec(
         "transport",
         "raw",
-        "raw: subscribe to each topic; compressed: to <topic>/compressed (JPEG or PNG).",
+        "raw: subscribe to each topic; compressed: to <topic>/compressed (JPEG, PNG, TIFF, BMP,"
+        " PNM or JPEG 2000 with 8- or 16-bit unsigned samples).",
         read_only=True,
         choices=TRANSPORTS,
     ),
