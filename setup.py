@@ -22,5 +22,6 @@ setup(
         "torch>=2.6",  # checkpoint loading names numpy types in torch.serialization.safe_globals
         "open_clip_torch>=2.26",
     ],
+    extras_require={"bag": ["mcap>=1.2", "mcap-ros2-support>=0.5", "tqdm"]},
     entry_points={"console_scripts": ["fcclip-ros = fcclip_ros.cli:main"]},
 )

@@ -8,11 +8,15 @@ import logging
 import sys
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
 
 from fcclip_ros.result import Segmentation
+
+if TYPE_CHECKING:
+    from fcclip_ros.engine import EngineConfig
 
 
 def _split_vocabulary(text: str) -> tuple[str, ...]:
@@ -21,11 +25,6 @@ def _split_vocabulary(text: str) -> tuple[str, ...]:
 
 
 def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
-    from fcclip_ros.engine import MODES, PRECISIONS, EngineConfig
-    from fcclip_ros.model.config import VARIANTS
-    from fcclip_ros.vocabulary import PRESETS
-
-    defaults = EngineConfig()
     parser = subparsers.add_parser(
         "segment",
         help="segment image files offline (no ROS needed)",
@@ -37,6 +36,21 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    _add_engine_arguments(parser, "images")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="also write <stem>_embeddings.npy: float32 (segments, D), row i = "
+                        "the L2-normalised CLIP embedding of the i-th segment of the json (ids "
+                        "ascending), comparable by cosine with CLIP text embeddings")
+    parser.set_defaults(func=_segment)
+
+
+def _add_engine_arguments(parser: argparse.ArgumentParser, inputs: str) -> None:
+    """The model, vocabulary and pre/post-processing flags, named as the node's parameters."""
+    from fcclip_ros.engine import MODES, PRECISIONS, EngineConfig
+    from fcclip_ros.model.config import VARIANTS
+    from fcclip_ros.vocabulary import PRESETS
+
+    defaults = EngineConfig()
     parser.add_argument("--model", default=defaults.model, choices=list(VARIANTS),
                         help=f"FC-CLIP variant (default {defaults.model})")
     parser.add_argument("--weights", default=defaults.weights,
@@ -65,21 +79,14 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--cache-dir", default=None,
                         help="checkpoints and text-embedding cache (default ~/.cache/fcclip_ros)")
     parser.add_argument("--max-input-pixels", type=int, default=defaults.max_input_pixels,
-                        help="images declaring more pixels (read from the file's header, before "
+                        help=f"{inputs} declaring more pixels (read from the header, before "
                         "decoding) are skipped (default %(default)s = 4096x4096)")
-    parser.add_argument("--embeddings", action="store_true",
-                        help="also write <stem>_embeddings.npy: float32 (segments, D), row i = "
-                        "the L2-normalised CLIP embedding of the i-th segment of the json (ids "
-                        "ascending), comparable by cosine with CLIP text embeddings")
-    parser.set_defaults(func=_segment)
 
 
-def _segment(args: argparse.Namespace) -> int:
-    from fcclip_ros.engine import Engine, EngineConfig, EngineError
-    from fcclip_ros.image_conversion import ImageConversionError
-    from fcclip_ros.overlay import draw_overlay
+def _engine_config(args: argparse.Namespace) -> EngineConfig:
+    from fcclip_ros.engine import EngineConfig
 
-    config = EngineConfig(
+    return EngineConfig(
         model=args.model, weights=args.weights, clip_weights=args.clip_weights,
         device=args.device, precision=args.precision, mode=args.mode,
         input_short_side=args.short_side, max_long_side=args.max_long_side,
@@ -88,8 +95,15 @@ def _segment(args: argparse.Namespace) -> int:
         vocabulary=args.vocabulary or (), vocabulary_preset=args.preset,
         max_input_pixels=args.max_input_pixels,
     )
+
+
+def _segment(args: argparse.Namespace) -> int:
+    from fcclip_ros.engine import Engine, EngineError
+    from fcclip_ros.image_conversion import ImageConversionError
+    from fcclip_ros.overlay import draw_overlay
+
     try:
-        engine = Engine(config)
+        engine = Engine(_engine_config(args))
     except EngineError as error:
         print(f"fcclip-ros segment: {error}", file=sys.stderr)
         return 2
@@ -145,6 +159,112 @@ def _write_result(prefix: Path, rgb: np.ndarray, result: Segmentation,
         np.save(f"{prefix}_embeddings.npy", result.embeddings)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def _add_bag_command(subparsers: argparse._SubParsersAction) -> None:
+    from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, FRAME_OUTPUTS
+
+    parser = subparsers.add_parser(
+        "bag",
+        help="segment every frame of a recorded MCAP bag into a new bag (no ROS install needed)",
+        description="Read a rosbag2 MCAP (a .mcap file or a bag folder), segment every frame of "
+        "its sensor_msgs/Image and CompressedImage topics, and write a rosbag2 folder "
+        "OUT/OUT_0.mcap + metadata.yaml with every input message unchanged plus, per camera, "
+        "the node's outputs under <camera namespace>/segmentation/ (stamped with each frame's "
+        "header, logged at its log time) and the latched vocabulary. Ctrl-C finishes a valid "
+        "bag of the frames done; --resume continues it. Exit status: 0 done, 1 done but some "
+        "frames could not be segmented (copied without outputs), 2 unusable input or "
+        "settings, 130 interrupted.",
+    )
+    parser.add_argument("input", type=Path, metavar="INPUT",
+                        help="an MCAP file, or a rosbag2 folder holding MCAP files")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output bag folder (must not exist unless --resume)")
+    parser.add_argument("--topics", nargs="+", default=[], metavar="TOPIC",
+                        help="image topics to segment (default: every image topic)")
+    parser.add_argument("--every", type=_positive_int, default=1, metavar="N",
+                        help="segment every N-th frame of each camera; the others are copied "
+                        "without outputs (default 1: every frame)")
+    parser.add_argument("--outputs", nargs="+", choices=FRAME_OUTPUTS,
+                        default=list(BAG_DEFAULT_OUTPUTS),
+                        help="per-frame outputs to write (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive_int, default=4,
+                        help="frames per forward pass on CUDA (default %(default)s); on the CPU "
+                        "frames go one at a time, as batching does not speed it up")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run that wrote OUT (same input and "
+                        "settings): the result equals an uninterrupted run's")
+    _add_engine_arguments(parser, "frames")
+    parser.set_defaults(func=_bag)
+
+
+def _bag(args: argparse.Namespace) -> int:
+    import signal
+    from dataclasses import asdict
+
+    try:
+        from tqdm import tqdm
+
+        from fcclip_ros.ros.bag import BagError, BagJob, BagOptions
+    except ModuleNotFoundError as error:
+        if error.name not in ("mcap", "mcap_ros2", "tqdm"):
+            raise
+        print(f"fcclip-ros bag needs the {error.name} package: pip install mcap "
+              "mcap-ros2-support tqdm", file=sys.stderr)
+        return 2
+    from fcclip_ros.engine import Engine, EngineError, resolve_device
+    from fcclip_ros.topics import FRAME_OUTPUTS
+
+    config = _engine_config(args)
+    try:
+        on_cuda = resolve_device(config.device).type == "cuda"
+        options = BagOptions(
+            topics=tuple(args.topics), every=args.every,
+            outputs=tuple(name for name in FRAME_OUTPUTS if name in args.outputs),
+            batch_size=args.batch_size if on_cuda else 1, max_input_pixels=args.max_input_pixels)
+        settings = {key: value for key, value in asdict(config).items() if key != "cache_dir"}
+        job = BagJob(args.input, args.out, options, settings, resume=args.resume)
+        engine = Engine(config)
+    except (BagError, EngineError) as error:
+        print(f"fcclip-ros bag: {error}", file=sys.stderr)
+        return 2
+
+    def stop(_signum: int, _frame: object) -> None:
+        if not job.stopping:
+            print("\nfcclip-ros bag: stopping; finishing the bag of the frames done",
+                  file=sys.stderr)
+        job.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    cameras = ", ".join(job.cameras)
+    with tqdm(total=job.report.frames_total, unit="frame", desc=f"segmenting {cameras}",
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
+            report = job.run(engine, on_frame=lambda done: bar.update(done - bar.n))
+        except BagError as error:
+            print(f"fcclip-ros bag: {error}", file=sys.stderr)
+            return 2
+    for reason in report.failures:
+        print(f"not segmented: {reason}", file=sys.stderr)
+    if report.frames_failed > len(report.failures):
+        print(f"... {report.frames_failed - len(report.failures)} more frames not segmented",
+              file=sys.stderr)
+    summary = (f"{args.out}: {report.frames_done - report.frames_failed} of "
+               f"{report.frames_total} frames segmented, {report.frames_failed} not segmented")
+    if report.interrupted:
+        print(f"{summary}; interrupted: the bag holds the input up to the last whole frame. "
+              "Continue with the same command and --resume", file=sys.stderr)
+        return 130
+    print(summary)
+    return 1 if report.frames_failed else 0
+
+
 def _add_download_command(subparsers: argparse._SubParsersAction) -> None:
     from fcclip_ros.download import OFFICIAL_CHECKPOINTS
 
@@ -186,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     add_subcommands(subparsers)
     _add_segment_command(subparsers)
+    _add_bag_command(subparsers)
     _add_download_command(subparsers)
     return parser
 

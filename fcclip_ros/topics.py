@@ -14,7 +14,10 @@ from typing import Any
 import yaml
 
 DEFAULT_IMAGE_TOPICS = ("image",)
-OUTPUT_NAMES = ("labels", "instances", "confidence", "overlay", "segments", "vocabulary")
+# The per-frame outputs under "<camera ns>/segmentation/", beside the latched `vocabulary`.
+FRAME_OUTPUTS = ("labels", "instances", "confidence", "overlay", "segments", "embeddings")
+# What `fcclip-ros bag` writes unless told otherwise (embeddings are D floats per segment).
+BAG_DEFAULT_OUTPUTS = FRAME_OUTPUTS[:-1]
 
 
 def output_namespace(topic: str) -> str:

@@ -1,0 +1,565 @@
+"""`fcclip-ros bag`: every image frame of a recorded MCAP through the engine, into a new bag.
+
+The output is a rosbag2 folder (`OUT/OUT_0.mcap` + `metadata.yaml`) holding every input message
+unchanged and, after each processed frame, the node's outputs for it under the same
+`<camera>/segmentation/` topics, stamped with the frame's header and logged at its log time.
+Messages are built by the node's own functions (fcclip_ros.ros.outputs), so a bag holds what the
+node would publish for the same frame; they are serialized from the schema written beside them.
+
+Progress lives in the output itself (an MCAP metadata record), which is what `--resume` reads:
+an interrupted run finishes a valid file of whole frames, and a resumed run copies it and goes on
+from the first message it had not handled, producing the same file an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from mcap.exceptions import McapError
+from mcap.reader import make_reader
+from mcap.records import Channel, Message, Schema
+from mcap.writer import Writer
+from mcap_ros2._dynamic import serialize_dynamic
+from rclpy.serialization import deserialize_message
+from sensor_msgs.msg import CompressedImage, Image
+
+from fcclip_ros.engine import Engine, EngineError, EngineInterruptedError
+from fcclip_ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
+from fcclip_ros.overlay import OverlayStyle, draw_overlay
+from fcclip_ros.result import Segmentation
+from fcclip_ros.ros.message_definitions import (
+    MessageDefinitionError,
+    message_definition,
+    message_type_name,
+)
+from fcclip_ros.ros.outputs import (
+    embeddings_message,
+    image_message,
+    segments_message,
+    vocabulary_message,
+)
+from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, output_namespace
+
+IMAGE_TYPES = {message_type_name(Image): Image, message_type_name(CompressedImage): CompressedImage}
+PROGRESS_RECORD = "fcclip_ros.bag"
+# The QoS rosbag2 replays a topic with (Humble's metadata format, read by every later release):
+# reliable, volatile; the vocabulary transient local, as the node latches it.
+_QOS = ("- history: 1\n  depth: 1\n  reliability: 1\n  durability: {durability}\n"
+        "  deadline:\n    sec: 2147483647\n    nsec: 4294967295\n"
+        "  lifespan:\n    sec: 2147483647\n    nsec: 4294967295\n  liveliness: 1\n"
+        "  liveliness_lease_duration:\n    sec: 2147483647\n    nsec: 4294967295\n"
+        "  avoid_ros_namespace_conventions: false\n")
+VOLATILE_QOS, LATCHED_QOS = _QOS.format(durability=2), _QOS.format(durability=1)
+MAX_REPORTED_FAILURES = 5
+MCAP_MAGIC = b"\x89MCAP0\r\n"  # first and last 8 bytes of every finished MCAP file
+
+
+class BagError(Exception):
+    """Input or output the command cannot work with; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class BagOptions:
+    topics: tuple[str, ...] = ()  # image topics to segment; empty: every image topic
+    every: int = 1  # segment every N-th frame of each camera
+    outputs: tuple[str, ...] = BAG_DEFAULT_OUTPUTS  # in FRAME_OUTPUTS' order
+    batch_size: int = 1
+    max_input_pixels: int = 4096 * 4096
+    style: OverlayStyle = field(default_factory=OverlayStyle)
+
+    def fingerprint(self, engine_settings: dict[str, Any]) -> str:
+        """What must match for --resume to continue a file (the style is not recorded)."""
+        settings = {"topics": list(self.topics), "every": self.every,
+                    "outputs": list(self.outputs), "max_input_pixels": self.max_input_pixels,
+                    "engine": engine_settings}
+        return json.dumps(settings, sort_keys=True)
+
+
+@dataclass
+class BagReport:
+    frames_total: int = 0  # frames selected for segmentation in the whole input
+    frames_done: int = 0  # of those, handled (segmented or found undecodable)
+    frames_failed: int = 0  # undecodable or refused by the engine: copied without outputs
+    messages_done: int = 0  # input messages handled, in reading order
+    failures: list[str] = field(default_factory=list)  # the first few reasons
+    interrupted: bool = False
+
+    def fail(self, reason: str) -> None:
+        self.frames_failed += 1
+        if len(self.failures) < MAX_REPORTED_FAILURES:
+            self.failures.append(reason)
+
+
+# --- input ---------------------------------------------------------------------------------
+
+
+def input_files(path: Path) -> list[Path]:
+    """The MCAP file(s) of a bag: the file itself, or a rosbag2 folder's files in order."""
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise BagError(f"{path}: no such file or folder")
+    metadata = path / "metadata.yaml"
+    if metadata.is_file():
+        try:
+            info = yaml.safe_load(metadata.read_text())["rosbag2_bagfile_information"]
+            files = [path / name for name in info["relative_file_paths"]]
+        except (yaml.YAMLError, KeyError, TypeError) as error:
+            raise BagError(f"{metadata}: not a rosbag2 metadata file ({error})") from error
+    else:
+        files = sorted(path.glob("*.mcap"))
+    if not files:
+        raise BagError(f"{path}: holds no .mcap file")
+    for file in files:
+        if file.suffix != ".mcap":
+            raise BagError(f"{file}: not an MCAP file (sqlite3 bags: convert them with "
+                           "`ros2 bag convert` to storage mcap first)")
+    return files
+
+
+@dataclass(frozen=True)
+class Topic:
+    name: str
+    schema: Schema
+    channel: Channel
+
+
+class InputBag:
+    """The topics and messages of one or more MCAP files, read in order without loading them."""
+
+    def __init__(self, path: Path) -> None:
+        self.files = input_files(path)
+        self.topics: dict[str, Topic] = {}
+        self.message_counts: dict[str, int] = {}
+        self.start_time: int | None = None
+        for file in self.files:
+            summary = self._summary(file)
+            for channel_id, channel in summary.channels.items():
+                schema = summary.schemas.get(channel.schema_id)
+                if schema is None:
+                    raise BagError(f"{file}: topic {channel.topic} has no schema")
+                self.topics.setdefault(channel.topic, Topic(channel.topic, schema, channel))
+                count = summary.statistics.channel_message_counts.get(channel_id, 0)
+                previous = self.message_counts.get(channel.topic, 0)
+                self.message_counts[channel.topic] = previous + count
+            if summary.statistics.message_count:
+                start = summary.statistics.message_start_time
+                self.start_time = start if self.start_time is None else min(self.start_time, start)
+
+    @staticmethod
+    def _summary(file: Path) -> Any:
+        recover = ("`mcap recover` (the mcap CLI) rebuilds a readable file from what was "
+                   "written")
+        try:
+            with file.open("rb") as stream:
+                head = stream.read(len(MCAP_MAGIC))
+                stream.seek(max(0, file.stat().st_size - len(MCAP_MAGIC)))
+                tail = stream.read()
+                if head != MCAP_MAGIC:
+                    raise BagError(f"{file}: not an MCAP file (it does not start with the MCAP "
+                                   "magic bytes)")
+                if tail != MCAP_MAGIC:
+                    raise BagError(f"{file}: the MCAP is truncated or its recorder did not "
+                                   f"close it (no end marker); {recover}")
+                stream.seek(0)
+                summary = make_reader(stream).get_summary()
+        except (McapError, ValueError, OSError) as error:
+            raise BagError(f"{file}: not a readable MCAP file ({error}); {recover}") from error
+        if summary is None or summary.statistics is None:
+            raise BagError(f"{file}: the MCAP has no summary section (recorded without one, or "
+                           f"not closed); {recover}")
+        return summary
+
+    @property
+    def image_topics(self) -> list[str]:
+        return [name for name, topic in self.topics.items() if topic.schema.name in IMAGE_TYPES]
+
+    def fingerprint(self) -> str:
+        """Identifies the input for --resume without reading it whole."""
+        parts = [f"{file.name}:{file.stat().st_size}" for file in self.files]
+        parts += [f"{name}={count}" for name, count in sorted(self.message_counts.items())]
+        return hashlib.sha256("\n".join(parts).encode()).hexdigest()
+
+    def messages(self) -> Iterator[tuple[Topic, Message]]:
+        for file in self.files:
+            try:
+                with file.open("rb") as stream:
+                    reader = make_reader(stream)
+                    channels = reader.get_summary().channels
+                    for _schema, channel, message in reader.iter_messages(log_time_order=True):
+                        yield self.topics[channels[channel.id].topic], message
+            except McapError as error:
+                raise BagError(f"{file}: unreadable after a valid start ({error}); `mcap "
+                               "recover` (the mcap CLI) rebuilds what is readable") from error
+
+
+# --- output --------------------------------------------------------------------------------
+
+
+class OutputBag:
+    """A rosbag2 folder being written: `<folder>/<folder name>_0.mcap` and `metadata.yaml`.
+
+    The MCAP is written beside its final name and moved there by `close`, so a run that dies
+    never leaves a half-written file where a finished one (or the one being resumed) was.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.path = folder / f"{folder.name}_0.mcap"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._stream = self._partial.open("wb")
+        self._writer = Writer(self._stream)
+        self._writer.start(profile="ros2", library="fcclip_ros bag")
+        self._schemas: dict[str, int] = {}
+        self._channels: dict[str, int] = {}
+        self._topic_types: dict[str, str] = {}
+        self._topic_qos: dict[str, str] = {}
+        self._encoders: dict[str, Callable[[Any], bytes]] = {}
+        self._definitions: dict[str, bytes] = {}
+        self.counts: dict[str, int] = {}
+        self.start_time: int | None = None
+        self.end_time = 0
+
+    def add_topic(self, name: str, type_name: str, schema_text: bytes,
+                  metadata: dict[str, str]) -> None:
+        if name in self._channels:
+            return
+        if type_name not in self._schemas:
+            self._schemas[type_name] = self._writer.register_schema(type_name, "ros2msg",
+                                                                    schema_text)
+        self._channels[name] = self._writer.register_channel(
+            name, "cdr", self._schemas[type_name], metadata)
+        self._topic_types[name] = type_name
+        self._topic_qos[name] = metadata.get("offered_qos_profiles", "")
+        self.counts[name] = 0
+
+    def add_output_topic(self, name: str, message_class: type, qos: str = VOLATILE_QOS) -> None:
+        type_name = message_type_name(message_class)
+        if name in self._topic_types and self._topic_types[name] != type_name:
+            raise BagError(f"the input already has a topic {name} of type "
+                           f"{self._topic_types[name]}, where this command writes {type_name}")
+        if type_name not in self._encoders:
+            try:
+                definition = message_definition(type_name)
+            except MessageDefinitionError as error:
+                raise BagError(f"cannot describe {type_name} in the bag: {error}") from error
+            self._encoders[type_name] = serialize_dynamic(type_name, definition)[type_name]
+            self._definitions[type_name] = definition.encode()
+        self.add_topic(name, type_name, self._definitions[type_name],
+                       {"offered_qos_profiles": qos})
+
+    def write(self, topic: str, data: bytes, log_time: int, publish_time: int,
+              sequence: int = 0) -> None:
+        self._writer.add_message(self._channels[topic], log_time, data, publish_time, sequence)
+        self.counts[topic] += 1
+        self.start_time = log_time if self.start_time is None else min(self.start_time, log_time)
+        self.end_time = max(self.end_time, log_time)
+
+    def publish(self, topic: str, msg: Any, log_time: int) -> None:
+        """Serializes `msg` with its schema from the bag: the same message always gives the
+        same bytes (rclpy's serializer leaves CDR padding bytes uninitialised)."""
+        encode = self._encoders[self._topic_types[topic]]
+        self.write(topic, encode(msg), log_time, log_time)
+
+    def close(self, progress: dict[str, str]) -> None:
+        """Finish the MCAP with its summary and the run's progress record, put it in place,
+        and write the metadata.yaml that `ros2 bag info/play` read."""
+        self._writer.add_metadata(PROGRESS_RECORD, progress)
+        self._writer.finish()
+        self._stream.close()
+        os.replace(self._partial, self.path)
+        (self.folder / "metadata.yaml").write_text(yaml.safe_dump(self._rosbag2_metadata(),
+                                                                  sort_keys=False))
+
+    def _rosbag2_metadata(self) -> dict[str, Any]:
+        start = self.start_time or 0
+        duration = self.end_time - start
+        total = sum(self.counts.values())
+        return {"rosbag2_bagfile_information": {
+            "version": 5,
+            "storage_identifier": "mcap",
+            "duration": {"nanoseconds": duration},
+            "starting_time": {"nanoseconds_since_epoch": start},
+            "message_count": total,
+            "topics_with_message_count": [
+                {"topic_metadata": {"name": name, "type": self._topic_types[name],
+                                    "serialization_format": "cdr",
+                                    "offered_qos_profiles": self._topic_qos[name]},
+                 "message_count": count}
+                for name, count in self.counts.items()],
+            "compression_format": "",
+            "compression_mode": "",
+            "relative_file_paths": [self.path.name],
+            "files": [{"path": self.path.name,
+                       "starting_time": {"nanoseconds_since_epoch": start},
+                       "duration": {"nanoseconds": duration},
+                       "message_count": total}],
+        }}
+
+
+def read_progress(path: Path) -> dict[str, str] | None:
+    """The progress record of a bag this command wrote, or None."""
+    with path.open("rb") as stream:
+        for record in make_reader(stream).iter_metadata():
+            if record.name == PROGRESS_RECORD:
+                return dict(record.metadata)
+    return None
+
+
+# --- the run -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Entry:
+    """An input message waiting to be written, with the frame's result once segmented."""
+    topic: Topic
+    message: Message
+    selected: bool  # a frame to segment
+    msg: Any = None  # the deserialized Image / CompressedImage
+    rgb: Any = None  # its (H, W, 3) uint8 pixels
+    result: Segmentation | None = None
+
+
+class BagJob:
+    """One `fcclip-ros bag` run. Checks the input and the output folder when made (before any
+    model is loaded); `stop()`, safe from a signal handler, ends `run` after whole frames."""
+
+    def __init__(self, source: Path, out: Path, options: BagOptions,
+                 engine_settings: dict[str, Any], resume: bool = False) -> None:
+        self.options = options
+        self.source = InputBag(source)
+        self.out = out
+        self.cameras = self._cameras()
+        self.namespaces = self._output_namespaces()
+        self._fingerprint = {"input": self.source.fingerprint(),
+                             "options": options.fingerprint(engine_settings)}
+        self._previous = self._check_output(resume)
+        self.report = BagReport(frames_total=self._frames_total())
+        self._stopped = threading.Event()
+        self._engine: Engine | None = None
+
+    def _cameras(self) -> list[str]:
+        images = self.source.image_topics
+        if not images:
+            listed = ", ".join(f"{t.name} ({t.schema.name})" for t in self.source.topics.values())
+            raise BagError(f"no sensor_msgs/Image or CompressedImage topic in the bag (it has: "
+                           f"{listed or 'no topics'})")
+        for name in self.options.topics:
+            if name not in self.source.topics:
+                raise BagError(f"no topic {name} in the bag; its image topics: "
+                               f"{', '.join(images)}")
+            if name not in images:
+                raise BagError(f"{name} is {self.source.topics[name].schema.name}, not an image "
+                               f"topic; the bag's image topics: {', '.join(images)}")
+        cameras = list(self.options.topics) or images
+        for name in cameras:
+            encoding = self.source.topics[name].channel.message_encoding
+            if encoding != "cdr":
+                raise BagError(f"{name}: messages are {encoding!r}, not ROS 2 'cdr'")
+        return cameras
+
+    def _output_namespaces(self) -> dict[str, str]:
+        """Where each camera's outputs go, as the node names them: a compressed topic
+        "<image>/compressed" is camera "<image>" with transport compressed."""
+        namespaces: dict[str, str] = {}
+        for name in self.cameras:
+            compressed = self.source.topics[name].schema.name == message_type_name(CompressedImage)
+            image_topic = name.removesuffix("/compressed") if compressed else name
+            namespace = output_namespace(image_topic)
+            clash = [other for other, used in namespaces.items() if used == namespace]
+            if clash:
+                raise BagError(f"{clash[0]} and {name} would both write {namespace}/...: choose "
+                               "one of them with --topics")
+            namespaces[name] = namespace
+        return namespaces
+
+    def _frames_total(self) -> int:
+        every = self.options.every
+        return sum(-(-self.source.message_counts.get(name, 0) // every) for name in self.cameras)
+
+    def _check_output(self, resume: bool) -> dict[str, str] | None:
+        """The interrupted run's progress when resuming, after checking it may be continued."""
+        path = self.out / f"{self.out.name}_0.mcap"
+        if not resume:
+            if self.out.exists():
+                raise BagError(f"{self.out} exists: remove it, or continue an interrupted run "
+                               "with --resume")
+            return None
+        if not path.is_file():
+            raise BagError(f"--resume: {path} does not exist (nothing to continue)")
+        try:
+            progress = read_progress(path)
+        except (McapError, ValueError, OSError) as error:
+            raise BagError(f"--resume: {path} is not readable ({error})") from error
+        if progress is None:
+            raise BagError(f"--resume: {path} was not written by `fcclip-ros bag`")
+        if progress.get("complete") == "true":
+            raise BagError(f"--resume: {path} is already complete")
+        if progress.get("input") != self._fingerprint["input"]:
+            raise BagError(f"--resume: {path} was made from another input bag")
+        if progress.get("options") != self._fingerprint["options"]:
+            raise BagError(f"--resume: {path} was made with other settings: "
+                           f"{progress.get('options')}")
+        return progress
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopped.is_set()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._engine is not None:
+            self._engine.interrupt()
+
+    def run(self, engine: Engine, on_frame: Callable[[int], None] = lambda _: None) -> BagReport:
+        """Writes the output bag; `on_frame(n)` each time the frames handled reach n."""
+        self._engine = engine
+        output = OutputBag(self.out)
+        try:
+            self._register_topics(output)
+            skip = 0
+            if self._previous is None:
+                self._write_vocabulary(output, engine)
+            else:
+                skip = self._copy_previous(output, self._previous)
+                on_frame(self.report.frames_done)
+            self._process(output, engine, skip, on_frame)
+        finally:
+            output.close({**self._fingerprint,
+                          "complete": str(not self.report.interrupted).lower(),
+                          "messages_done": str(self.report.messages_done),
+                          "frames_done": str(self.report.frames_done),
+                          "frames_failed": str(self.report.frames_failed)})
+        return self.report
+
+    def _register_topics(self, output: OutputBag) -> None:
+        for topic in self.source.topics.values():
+            output.add_topic(topic.name, topic.schema.name, topic.schema.data,
+                             dict(topic.channel.metadata))
+        from fcclip_ros.msg import SegmentArray, SegmentEmbeddings, Vocabulary
+
+        classes = {"labels": Image, "instances": Image, "confidence": Image, "overlay": Image,
+                   "segments": SegmentArray, "embeddings": SegmentEmbeddings}
+        for namespace in self.namespaces.values():
+            for name in self.options.outputs:
+                output.add_output_topic(f"{namespace}/{name}", classes[name])
+            output.add_output_topic(f"{namespace}/vocabulary", Vocabulary, LATCHED_QOS)
+
+    def _write_vocabulary(self, output: OutputBag, engine: Engine) -> None:
+        """Once per camera, at the start of the recording: the node latches it the same way."""
+        from builtin_interfaces.msg import Time
+
+        start = self.source.start_time or 0
+        stamp = Time(sec=start // 1_000_000_000, nanosec=start % 1_000_000_000)
+        msg = vocabulary_message(engine.vocabulary.current, stamp)
+        for namespace in self.namespaces.values():
+            output.publish(f"{namespace}/vocabulary", msg, start)
+
+    def _copy_previous(self, output: OutputBag, progress: dict[str, str]) -> int:
+        """Copies the interrupted run's file into the new one; returns how many input messages
+        it had handled."""
+        path = self.out / f"{self.out.name}_0.mcap"
+        with path.open("rb") as stream:
+            for _schema, channel, message in make_reader(stream).iter_messages(
+                    log_time_order=False):
+                output.write(channel.topic, message.data, message.log_time,
+                             message.publish_time, message.sequence)
+        self.report.messages_done = int(progress["messages_done"])
+        self.report.frames_done = int(progress["frames_done"])
+        self.report.frames_failed = int(progress["frames_failed"])
+        return self.report.messages_done
+
+    def _process(self, output: OutputBag, engine: Engine, skip: int,
+                 on_frame: Callable[[int], None]) -> None:
+        """Reads the input in order, segments the selected frames in batches, and writes each
+        message followed by its frame's outputs. Stops between batches when asked to; a batch
+        cut short is not written, so the file always ends after a whole frame."""
+        frames_seen = dict.fromkeys(self.cameras, 0)
+        pending: list[_Entry] = []
+        for index, (topic, message) in enumerate(self.source.messages()):
+            selected = False
+            if topic.name in frames_seen:
+                selected = frames_seen[topic.name] % self.options.every == 0
+                frames_seen[topic.name] += 1
+            if index < skip:
+                continue
+            if self._stopped.is_set():
+                break
+            pending.append(_Entry(topic, message, selected))
+            if sum(entry.selected for entry in pending) >= self.options.batch_size:
+                if not self._write_batch(output, engine, pending):
+                    break
+                pending = []
+                on_frame(self.report.frames_done)
+        else:
+            if self._write_batch(output, engine, pending):
+                on_frame(self.report.frames_done)
+                return
+        self.report.interrupted = True
+
+    def _write_batch(self, output: OutputBag, engine: Engine, entries: list[_Entry]) -> bool:
+        """Segments and writes `entries`; False (nothing written) when the run was stopped."""
+        failures = [reason for entry in entries if entry.selected
+                    for reason in [self._decode(entry)] if reason]
+        frames = [entry for entry in entries if entry.rgb is not None]
+        if frames:
+            try:
+                results = engine.segment_batch(
+                    [entry.rgb for entry in frames],
+                    with_confidence="confidence" in self.options.outputs,
+                    with_embeddings="embeddings" in self.options.outputs)
+            except EngineInterruptedError:
+                return False
+            except EngineError as error:
+                failures += [f"{entry.topic.name} at log time {entry.message.log_time}: {error}"
+                             for entry in frames]
+                results = [None] * len(frames)
+            for entry, result in zip(frames, results, strict=True):
+                entry.result = result
+        for entry in entries:
+            message = entry.message
+            output.write(entry.topic.name, message.data, message.log_time,
+                         message.publish_time, message.sequence)
+            if entry.result is not None:
+                self._write_outputs(output, engine, entry)
+        for reason in failures:
+            self.report.fail(reason)
+        self.report.messages_done += len(entries)
+        self.report.frames_done += sum(entry.selected for entry in entries)
+        return True
+
+    def _decode(self, entry: _Entry) -> str | None:
+        """Fills entry.msg and entry.rgb, or returns why the frame cannot be segmented."""
+        message_class = IMAGE_TYPES[entry.topic.schema.name]
+        try:
+            entry.msg = deserialize_message(entry.message.data, message_class)
+            to_rgb = compressed_to_rgb if message_class is CompressedImage else image_to_rgb
+            entry.rgb = to_rgb(entry.msg, self.options.max_input_pixels)
+        except (ImageConversionError, ValueError, RuntimeError) as error:
+            return f"{entry.topic.name} at log time {entry.message.log_time}: {error}"
+        return None
+
+    def _write_outputs(self, output: OutputBag, engine: Engine, entry: _Entry) -> None:
+        header, result, log_time = entry.msg.header, entry.result, entry.message.log_time
+        namespace = self.namespaces[entry.topic.name]
+        messages: dict[str, Callable[[], Any]] = {
+            "labels": lambda: image_message(header, result.labels, "mono16"),
+            "instances": lambda: image_message(header, result.instances, "mono16"),
+            "confidence": lambda: image_message(header, result.confidence, "32FC1"),
+            "overlay": lambda: image_message(
+                header, draw_overlay(entry.rgb, result.instances, result.segments,
+                                     self.options.style), "rgb8"),
+            "segments": lambda: segments_message(header, result),
+            "embeddings": lambda: embeddings_message(header, result, engine.config.model),
+        }
+        for name in self.options.outputs:
+            output.publish(f"{namespace}/{name}", messages[name](), log_time)

