@@ -233,6 +233,10 @@ def _bag(args: argparse.Namespace) -> int:
     except (BagError, EngineError) as error:
         print(f"fcclip-ros bag: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("fcclip-ros bag: interrupted before the first frame; nothing written",
+              file=sys.stderr)
+        return 130
 
     def stop(_signum: int, _frame: object) -> None:
         if not job.stopping:
