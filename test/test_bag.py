@@ -323,3 +323,26 @@ def test_interrupted_bag_is_readable_and_resume_completes_it_identically(tmp_pat
     assert raw_messages(cut) == raw_messages(tmp_path / "whole" / "whole_0.mcap")
     again = run_bag(*args, "--out", str(tmp_path / "cut"), "--resume")
     assert again.returncode == 2 and "already complete" in again.stderr
+
+
+def test_batched_frames_give_the_same_bag_as_one_at_a_time(recorded, tmp_path):
+    """What --batch-size does on CUDA, run on the CPU: frames grouped across both cameras."""
+    from fcclip_ros.ros.bag import BagJob, BagOptions
+
+    recording, out, cache = recorded
+    config = EngineConfig(model="tiny", weights="random", clip_weights="random",
+                          input_short_side=SHORT_SIDE, overlap_threshold=0.0,
+                          vocabulary=tuple(cli._split_vocabulary(VOCABULARY)),
+                          cache_dir=str(cache))
+    options = BagOptions(outputs=("labels", "segments"), batch_size=3)
+    report = BagJob(recording, tmp_path / "batched", options, {}).run(Engine(config))
+    assert (report.frames_done, report.frames_failed, report.interrupted) == (6, 0, False)
+    batched = tmp_path / "batched" / "batched_0.mcap"
+    assert [m[:3] for m in raw_messages(batched) if "segmentation" not in m[0]] == [
+        m[:3] for m in raw_messages(recording)]
+    for topic in ("/front/segmentation/labels", "/rear/segmentation/labels"):
+        one_by_one = decoded(out / "segmented_0.mcap", topic)
+        together = decoded(batched, topic)
+        assert [m.log_time for m in together] == [m.log_time for m in one_by_one]
+        for a, b in zip(together, one_by_one, strict=True):
+            assert bytes(a.msg.data) == bytes(b.msg.data)
