@@ -15,12 +15,19 @@ import yaml
 
 DEFAULT_IMAGE_TOPICS = ("image",)
 OUTPUT_NAMES = ("labels", "instances", "confidence", "overlay", "segments", "vocabulary")
+CAMERA_INFO = "camera_info"
 
 
 def output_namespace(topic: str) -> str:
     """Where the outputs of `topic` go: "<ns>/<name>" -> "<ns>/segmentation"."""
     head, _, _ = topic.rstrip("/").rpartition("/")
     return f"{head}/segmentation" if head or topic.startswith("/") else "segmentation"
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo topic beside an image topic: "<ns>/<name>" -> "<ns>/camera_info"."""
+    head, slash, _ = image_topic.rstrip("/").rpartition("/")
+    return f"{head}{slash}{CAMERA_INFO}"
 
 
 def resolve_topic(topic: str, namespace: str) -> str:
@@ -72,13 +79,13 @@ def _section_matches(key: str, qualified: str) -> bool:
 
 def rviz_config(template: Mapping[str, Any], image_topics: Sequence[str],
                     namespace: str) -> dict[str, Any]:
-    """An RViz config (parsed YAML) showing the overlay of each camera, its labels and confidence
-    ready to be ticked, built from `template`'s first Image displays (overlay, labels, confidence).
-    """
+    """An RViz config (parsed YAML) with, for each camera, a copy of every display of `template`
+    that shows a default camera's output (topic /segmentation/...: overlay, labels, confidence,
+    points, markers), pointed at that camera's outputs."""
     config = dict(template)
     manager = dict(config["Visualization Manager"])
-    prototypes = [d for d in manager["Displays"] if d.get("Class") == "rviz_default_plugins/Image"]
-    others = [d for d in manager["Displays"] if d.get("Class") != "rviz_default_plugins/Image"]
+    prototypes = [d for d in manager["Displays"] if _shows_an_output(d)]
+    others = [d for d in manager["Displays"] if not _shows_an_output(d)]
     displays = []
     for topic in image_topics:
         outputs = output_namespace(resolve_topic(topic, namespace))
@@ -90,3 +97,8 @@ def rviz_config(template: Mapping[str, Any], image_topics: Sequence[str],
     manager["Displays"] = others + displays
     config["Visualization Manager"] = manager
     return config
+
+
+def _shows_an_output(display: Mapping[str, Any]) -> bool:
+    topic = display.get("Topic")
+    return isinstance(topic, Mapping) and str(topic.get("Value", "")).startswith("/segmentation/")
