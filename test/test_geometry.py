@@ -15,6 +15,7 @@ import yaml
 from fcclip_ros.geometry import (
     BOX_PERCENTILES,
     EROSION_PX,
+    MIN_INTERIOR_PIXELS,
     DepthError,
     Intrinsics,
     check_registered,
@@ -50,17 +51,21 @@ def depth_message(pixels: np.ndarray, encoding: str, bigendian: bool = False,
                                  is_bigendian=bigendian, step=rows.shape[1], data=rows.tobytes())
 
 
-def reference_box(instances: np.ndarray, segment_id: int) -> tuple[np.ndarray, np.ndarray, int]:
+def reference_box(instances: np.ndarray, segment_id: int, depth: np.ndarray = DEPTH,
+                  intrinsics: Intrinsics = INTRINSICS) -> tuple[np.ndarray, np.ndarray, int]:
     """The documented definition computed independently: scipy's erosion of the mask by
     EROSION_PX (square window), the valid depths there back-projected pixel by pixel through
-    the pinhole model, then the percentile box."""
+    the pinhole model, then the percentile box. (center, size, number of pixels used)."""
     mask = instances == segment_id
     structure = np.ones((2 * EROSION_PX + 1,) * 2, bool)
     inner = scipy.ndimage.binary_erosion(mask, structure, border_value=1)
-    rows, cols = np.nonzero(inner & np.isfinite(DEPTH))
-    z = DEPTH[rows, cols].astype(np.float64)
-    k = INFO["P"]
-    points = np.stack([(cols - k[2]) * z / k[0], (rows - k[6]) * z / k[5], z], axis=1)
+    valid = np.isfinite(depth) & (depth > 0)
+    if (inner & valid).sum() < MIN_INTERIOR_PIXELS:
+        inner = mask
+    rows, cols = np.nonzero(inner & valid)
+    z = depth[rows, cols].astype(np.float64)
+    points = np.stack([(cols - intrinsics.cx) * z / intrinsics.fx,
+                       (rows - intrinsics.cy) * z / intrinsics.fy, z], axis=1)
     low, high = np.percentile(points, BOX_PERCENTILES, axis=0)
     return (low + high) / 2, high - low, rows.size
 

@@ -105,6 +105,7 @@ class Camera:
         self.info_topic = info_topic or camera_info_topic(topic)
         self.depth = DepthBuffer(depth_max_delay_s) if depth_topic else None
         self.camera_info: CameraInfo | None = None  # the latest; replaced whole
+        self.depth_warning = ("", 0.0)  # the last reason logged for no 3D, and when
         self.depth_counts = {"frames_3d": 0, "frames_without_depth": 0,
                              "frames_depth_refused": 0} if depth_topic else {}
         self.outputs = CameraOutputs(node, topic, model, with_depth=bool(depth_topic))
@@ -561,10 +562,13 @@ class SegmenterNode(LifecycleNode):
             metres = depth_from_message(msg, self.engine.config.max_input_pixels)
         except (DepthError, ImageConversionError) as error:
             camera.depth_counts["frames_depth_refused"] += 1
-            self.get_logger().warning(
-                f"no 3D for a frame of {camera.source} (published in 2D): {error}",
-                throttle_duration_sec=LOG_THROTTLE_S,
-            )
+            # Each camera's reason is logged when it changes, and at most every LOG_THROTTLE_S.
+            reason, logged = camera.depth_warning
+            if str(error) != reason or time.monotonic() - logged > LOG_THROTTLE_S:
+                camera.depth_warning = (str(error), time.monotonic())
+                self.get_logger().warning(
+                    f"no 3D for a frame of {camera.source} (published in 2D): {error}"
+                )
             return None
         camera.depth_counts["frames_3d"] += 1
         return DepthFrame(metres, intrinsics)

@@ -78,14 +78,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "depth_topics",
         Parameter.Type.STRING_ARRAY,
         "Depth topics registered to the colour images (16UC1 mm or 32FC1 m, same size), one per"
-        " image topic in the same order; empty: no 3D outputs.",
+        " image topic in the same order (\"\" for a camera without depth); empty: no 3D.",
         read_only=True,
     ),
     ParameterSpec(
         "camera_info_topics",
         Parameter.Type.STRING_ARRAY,
-        "CameraInfo topics of the colour images, one per image topic; empty: camera_info beside"
-        " each image topic.",
+        "CameraInfo topics of the colour images, one per image topic; empty (or \"\" for one"
+        " camera): camera_info beside the image topic.",
         read_only=True,
     ),
     ParameterSpec(
@@ -282,8 +282,6 @@ def check(values: Mapping[str, Any]) -> None:
                 f"{name} has {len(given)} topics but image_topics has "
                 f"{len(values['image_topics'])}: give one per image topic, in the same order"
             )
-        if not all(topic.strip() for topic in given):
-            raise ConfigurationError(f"{name} has a blank topic name: {given}")
 
 
 def check_topics(topics: Sequence[str]) -> None:
