@@ -828,21 +828,23 @@ def _rviz_topics(path: str) -> tuple[list[str], set[str]]:
     return shown, {d["Topic"]["Value"] for d in displays if not d["Enabled"]}
 
 
-def test_launch_with_rviz_shows_the_overlay_points_and_markers_of_every_camera(monkeypatch):
-    [_, rviz], _, _ = _launch(
-        monkeypatch, rviz="true", namespace="robot1", image_topics="[front/image, /rear/image]"
+def test_launch_with_rviz_shows_the_overlay_of_every_camera_and_3d_of_those_with_depth(
+        monkeypatch):
+    [node, rviz], _, _ = _launch(
+        monkeypatch, rviz="true", namespace="robot1", image_topics="[front/image, /rear/image]",
+        depth_topics='[front/depth, ""]',
     )
+    assert node.kwargs["parameters"][1]["depth_topics"] == ["front/depth", ""]
     assert (rviz.kwargs["package"], rviz.kwargs["executable"]) == ("rviz2", "rviz2")
     assert rviz.kwargs["arguments"][0] == "-d"
     shown, hidden = _rviz_topics(rviz.kwargs["arguments"][1])
-    assert shown == [f"{outputs}/{name}"
-                     for outputs in ("/robot1/front/segmentation", "/rear/segmentation")
-                     for name in ("overlay", "points", "markers")]
-    assert {"/robot1/front/segmentation/labels", "/rear/segmentation/confidence"} <= hidden
+    assert shown == ["/robot1/front/segmentation/overlay", "/robot1/front/segmentation/points",
+                     "/robot1/front/segmentation/markers", "/rear/segmentation/overlay"]
+    assert {"/robot1/front/segmentation/labels", "/rear/segmentation/confidence",
+            "/rear/segmentation/points", "/rear/segmentation/markers"} <= hidden
 
     [_, rviz], _, _ = _launch(monkeypatch, rviz="true")  # the params file's camera: `image`
-    assert _rviz_topics(rviz.kwargs["arguments"][1])[0] == [
-        "/segmentation/overlay", "/segmentation/points", "/segmentation/markers"]
+    assert _rviz_topics(rviz.kwargs["arguments"][1])[0] == ["/segmentation/overlay"]
     assert len(_launch(monkeypatch, rviz="false")[0]) == 1
 
 
