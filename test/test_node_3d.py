@@ -19,7 +19,7 @@ from conftest import RosHarness
 from ros_helpers import TEST_PARAMETERS, NodeProcess, Outputs, Peer, decode, stamp_key
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from test_geometry import ARC, reference_box
-from visualization_msgs.msg import MarkerArray
+from visualization_msgs.msg import Marker, MarkerArray
 
 from fcclip_ros.geometry import Intrinsics
 from fcclip_ros.image_conversion import fill_image
@@ -272,11 +272,15 @@ def test_colour_frames_without_depth_in_time_are_published_in_2d_and_counted(pee
     def only_too_late(stamp):
         return [depth_image(shifted(stamp, 80))]
 
-    _, frame = publish_rgbd(peer, outputs, ["segments"], only_too_late)
+    msg, frame = publish_rgbd(peer, outputs, ["segments"], only_too_late)
     assert frame["segments"].segments
     assert all(s.depth_pixels == 0 for s in frame["segments"].segments)
     assert "points" not in frame
     wait_for_counter(peer, CAMERAS[0], "frames_without_depth", before)
+    assert peer.spin_until(lambda: any(
+        m.markers and m.markers[0].header == msg.header for m in outputs.markers), 10.0)
+    [cleared] = [m for m in outputs.markers if m.markers[0].header == msg.header]
+    assert [marker.action for marker in cleared.markers] == [Marker.DELETEALL]  # no stale boxes
 
 
 def test_all_invalid_depth_gives_zero_3d_and_an_empty_cloud(peer, rgbd):

@@ -140,6 +140,11 @@ class SegmenterNode(LifecycleNode):
         self._image_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()  # get_vocabulary answers during a swap
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        if vision_msgs is None:
+            self.get_logger().info(
+                f"vision_msgs is not installed: {', '.join(VISION_OUTPUTS)} are off (install "
+                "ros-<distro>-vision-msgs to have them)"
+            )
         self.create_timer(
             1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
         )
@@ -172,11 +177,7 @@ class SegmenterNode(LifecycleNode):
                    info_topics[index], values["depth_max_delay_s"])
             for index, topic in enumerate(topics)
         ]
-        if vision_msgs is None:
-            self.get_logger().info(
-                f"vision_msgs is not installed: {', '.join(VISION_OUTPUTS)} are off (install "
-                "ros-<distro>-vision-msgs to have them)"
-            )
+
         batch = values["max_batch_size"] if self.engine.device.type == "cuda" else 1
         self._scheduler = FrameScheduler(len(self.cameras), batch)
         self._vocabulary_services = [

@@ -183,17 +183,18 @@ class SpatialOutputs:
     def publish(self, header: Any, result: Segmentation,
                 geometry: Mapping[int, SegmentGeometry] | None,
                 cloud: np.ndarray | None) -> None:
-        """`geometry` None: this frame had no usable depth (only the 2D detections go out)."""
+        """`geometry` None: this frame had no usable depth (the 2D detections go out, and the
+        markers only clear the previous frame's)."""
         if self.detections is not None:
             self.detections.publish(detections_message(header, result))
+        if self.markers is not None and self.markers.get_subscription_count() > 0:
+            self.markers.publish(markers_message(header, result, geometry or {}))
+            self.marker_arrays_published += 1
         if geometry is None:
             return
         if cloud is not None:
             self.points.publish(points_message(header, cloud))
             self.points_published += 1
-        if self.markers.get_subscription_count() > 0:
-            self.markers.publish(markers_message(header, result, geometry))
-            self.marker_arrays_published += 1
         if self.detections_3d is not None:
             self.detections_3d.publish(detections_3d_message(header, result, geometry))
 
