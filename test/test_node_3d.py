@@ -384,3 +384,17 @@ def test_without_vision_msgs_the_node_says_once_which_outputs_are_off(node, peer
     assert node.output().count("vision_msgs is not installed") == 1
     assert "detections, detections_3d, label_info are off" in node.output()
 
+
+
+@pytest.mark.parametrize("name", ["depth_topics", "camera_info_topics"])
+def test_depth_and_camera_info_lists_must_match_the_cameras(name):
+    from rclpy.parameter import Parameter
+
+    from fcclip_ros.ros.parameters import PARAMETERS, ConfigurationError, check
+
+    values = {spec.name: [] if isinstance(spec.default, Parameter.Type) else spec.default
+              for spec in PARAMETERS}
+    values |= {"image_topics": ["/a/image", "/b/image"], name: ["/a/depth"]}
+    with pytest.raises(ConfigurationError, match=f"{name} has 1 topics but image_topics has 2"):
+        check(values)
+    check(values | {name: ["/a/depth", ""]})  # "" = that camera has none (or the default)

@@ -177,7 +177,6 @@ class SegmenterNode(LifecycleNode):
                    info_topics[index], values["depth_max_delay_s"])
             for index, topic in enumerate(topics)
         ]
-
         batch = values["max_batch_size"] if self.engine.device.type == "cuda" else 1
         self._scheduler = FrameScheduler(len(self.cameras), batch)
         self._vocabulary_services = [
