@@ -18,3 +18,4 @@ bench: setup
 	.venv/bin/python bench/bench_engine.py
 	.venv/bin/python bench/bench_vocabulary.py
 	.venv/bin/python bench/bench_node.py
+	.venv/bin/python bench/bench_3d.py
