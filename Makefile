@@ -18,4 +18,5 @@ bench: setup
 	.venv/bin/python bench/bench_engine.py
 	.venv/bin/python bench/bench_vocabulary.py
 	.venv/bin/python bench/bench_node.py
+	.venv/bin/python bench/bench_3d.py
 	.venv/bin/python bench/bench_bag.py

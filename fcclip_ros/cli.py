@@ -13,6 +13,18 @@ from typing import TYPE_CHECKING
 import cv2
 import numpy as np
 
+from fcclip_ros.geometry import (
+    NO_GEOMETRY,
+    DepthError,
+    DepthFrame,
+    Intrinsics,
+    check_registered,
+    depth_in_metres,
+    point_cloud,
+    read_camera_info_yaml,
+    segment_geometry,
+    write_ply,
+)
 from fcclip_ros.result import Segmentation
 
 if TYPE_CHECKING:
@@ -32,7 +44,8 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
         "<stem>_instances.png (16-bit PNG: class id per pixel with 65535 = unlabeled, and "
         "segment id per pixel with 0 = none), <stem>_overlay.png and <stem>_segments.json "
         "(the Segment message fields of every segment); with --embeddings also "
-        "<stem>_embeddings.npy.",
+        "<stem>_embeddings.npy; with --depth and --camera-info the 3D fields in the json and "
+        "<stem>_points.ply.",
     )
     parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
     parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
@@ -41,6 +54,16 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
                         help="also write <stem>_embeddings.npy: float32 (segments, D), row i = "
                         "the L2-normalised CLIP embedding of the i-th segment of the json (ids "
                         "ascending), comparable by cosine with CLIP text embeddings")
+    parser.add_argument("--depth", action="append", type=Path, metavar="DEPTH",
+                        help="depth image registered to the IMAGE (same size): 16-bit PNG in "
+                        "millimetres or 32-bit float TIFF in metres, 0 = no reading; one per "
+                        "IMAGE, in the same order. Fills center, size and depth_pixels in the json "
+                        "and writes <stem>_points.ply (x y z red green blue label instance)")
+    parser.add_argument("--camera-info", type=Path, metavar="K.yaml",
+                        help="the colour camera's calibration YAML (ROS camera_info format); "
+                        "needed with --depth")
+    parser.add_argument("--points-stride", type=int, default=1,
+                        help="the PLY keeps every n-th pixel in both directions (default 1)")
     parser.set_defaults(func=_segment)
 
 
@@ -103,19 +126,29 @@ def _segment(args: argparse.Namespace) -> int:
     from fcclip_ros.overlay import draw_overlay
 
     try:
+        intrinsics = _depth_arguments(args)
         engine = Engine(_engine_config(args))
-    except EngineError as error:
+    except (EngineError, DepthError) as error:
         print(f"fcclip-ros segment: {error}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
-    for path in args.images:
+    for index, path in enumerate(args.images):
         try:
             rgb = _read_image(path, args.max_input_pixels)
         except (OSError, ImageConversionError) as error:
             print(f"{path}: {error}, skipped", file=sys.stderr)
             failures += 1
             continue
+        depth = None
+        if intrinsics is not None:
+            try:
+                depth = _read_depth(args.depth[index], rgb.shape, intrinsics,
+                                    args.max_input_pixels)
+            except (OSError, ImageConversionError, DepthError) as error:
+                print(f"{args.depth[index]}: {error}; {path} is written without 3D",
+                      file=sys.stderr)
+                failures += 1
         try:
             result = engine.segment(rgb, with_confidence=False, with_embeddings=args.embeddings)
         except EngineError as error:
@@ -123,7 +156,8 @@ def _segment(args: argparse.Namespace) -> int:
             failures += 1
             continue
         _write_result(args.out / path.stem, rgb, result, draw_overlay(rgb, result.instances,
-                                                                      result.segments))
+                                                                      result.segments),
+                      depth, args.points_stride)
         print(f"{path}: {len(result.segments)} segments -> {args.out / path.stem}_*")
     return 1 if failures else 0
 
@@ -141,8 +175,42 @@ def _read_image(path: Path, max_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(bgr[:, :, ::-1])
 
 
+def _depth_arguments(args: argparse.Namespace) -> Intrinsics | None:
+    """The camera's intrinsics when --depth is given (DepthError says what is wrong)."""
+    if not args.depth:
+        if args.camera_info:
+            raise DepthError("--camera-info is only used with --depth")
+        return None
+    if len(args.depth) != len(args.images):
+        raise DepthError(f"{len(args.depth)} --depth for {len(args.images)} images: give one "
+                         "depth image per IMAGE, in the same order")
+    if args.camera_info is None:
+        raise DepthError("--depth needs --camera-info (the colour camera's calibration YAML)")
+    if args.points_stride < 1:
+        raise DepthError(f"--points-stride must be at least 1, got {args.points_stride}")
+    return read_camera_info_yaml(args.camera_info)
+
+
+def _read_depth(path: Path, shape: tuple[int, ...], intrinsics: Intrinsics,
+                max_pixels: int) -> DepthFrame:
+    """A registered depth image file in metres, checked against the colour image."""
+    from fcclip_ros.image_conversion import declared_size
+
+    data = path.read_bytes()
+    check_registered(declared_size(data, max_pixels), shape)
+    intrinsics.check_image(shape[1], shape[0])
+    depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH)
+    if depth is None or depth.dtype not in (np.uint16, np.float32):
+        raise DepthError(f"{path} is not a 16-bit (millimetres) or float32 (metres) depth image")
+    return DepthFrame(depth_in_metres(depth, 1e-3 if depth.dtype == np.uint16 else 1.0),
+                      intrinsics)
+
+
 def _write_result(prefix: Path, rgb: np.ndarray, result: Segmentation,
-                  overlay: np.ndarray) -> None:
+                  overlay: np.ndarray, depth: DepthFrame | None = None,
+                  points_stride: int = 1) -> None:
+    geometry = {} if depth is None else segment_geometry(result.instances, depth.metres,
+                                                         depth.intrinsics)
     cv2.imwrite(f"{prefix}_labels.png", result.labels)
     cv2.imwrite(f"{prefix}_instances.png", result.instances)
     cv2.imwrite(f"{prefix}_overlay.png", overlay[:, :, ::-1])
@@ -151,12 +219,19 @@ def _write_result(prefix: Path, rgb: np.ndarray, result: Segmentation,
         fields = asdict(segment)
         x, y, width, height = segment.bbox
         fields["bbox"] = {"x_offset": x, "y_offset": y, "width": width, "height": height}
+        box = geometry.get(segment.id, NO_GEOMETRY)
+        fields["center"] = dict(zip("xyz", box.center, strict=True))
+        fields["size"] = dict(zip("xyz", box.size, strict=True))
+        fields["depth_pixels"] = box.depth_pixels
         segments.append(fields)
     document = {"image_size": list(rgb.shape[:2]),
                 "vocabulary_version": result.vocabulary_version, "segments": segments}
     Path(f"{prefix}_segments.json").write_text(json.dumps(document, indent=2))
     if result.embeddings is not None:
         np.save(f"{prefix}_embeddings.npy", result.embeddings)
+    if depth is not None:
+        write_ply(f"{prefix}_points.ply",
+                  point_cloud(rgb, result, depth.metres, depth.intrinsics, points_stride))
 
 
 def _positive_int(text: str) -> int:

@@ -18,12 +18,20 @@ DEFAULT_IMAGE_TOPICS = ("image",)
 FRAME_OUTPUTS = ("labels", "instances", "confidence", "overlay", "segments", "embeddings")
 # What `fcclip-ros bag` writes unless told otherwise (embeddings are D floats per segment).
 BAG_DEFAULT_OUTPUTS = FRAME_OUTPUTS[:-1]
+CAMERA_INFO = "camera_info"
+DEPTH_OUTPUTS = ("points", "markers")  # published only for cameras with a depth topic
 
 
 def output_namespace(topic: str) -> str:
     """Where the outputs of `topic` go: "<ns>/<name>" -> "<ns>/segmentation"."""
     head, _, _ = topic.rstrip("/").rpartition("/")
     return f"{head}/segmentation" if head or topic.startswith("/") else "segmentation"
+
+
+def camera_info_topic(image_topic: str) -> str:
+    """The CameraInfo topic beside an image topic: "<ns>/<name>" -> "<ns>/camera_info"."""
+    head, slash, _ = image_topic.rstrip("/").rpartition("/")
+    return f"{head}{slash}{CAMERA_INFO}"
 
 
 def resolve_topic(topic: str, namespace: str) -> str:
@@ -43,9 +51,10 @@ def parse_topic_list(text: str) -> list[str]:
 
 
 def image_topics_in_params_file(
-    path: str | Path, node_name: str, namespace: str
+    path: str | Path, node_name: str, namespace: str, parameter: str = "image_topics"
 ) -> list[str] | None:
-    """`image_topics` that a ROS params file gives the node `namespace`/`node_name`, if any.
+    """`image_topics` (or another topic-list `parameter`) that a ROS params file gives the node
+    `namespace`/`node_name`, if any.
 
     Later matching sections win, as when rcl applies a params file: `/**`, then the node's own.
     """
@@ -61,8 +70,8 @@ def image_topics_in_params_file(
         if not _section_matches(str(key), qualified):
             continue
         parameters = section.get("ros__parameters") if isinstance(section, Mapping) else None
-        if isinstance(parameters, Mapping) and isinstance(parameters.get("image_topics"), list):
-            topics = [str(topic) for topic in parameters["image_topics"]]
+        if isinstance(parameters, Mapping) and isinstance(parameters.get(parameter), list):
+            topics = [str(topic) for topic in parameters[parameter]]
     return topics
 
 
@@ -74,22 +83,31 @@ def _section_matches(key: str, qualified: str) -> bool:
 
 
 def rviz_config(template: Mapping[str, Any], image_topics: Sequence[str],
-                    namespace: str) -> dict[str, Any]:
-    """An RViz config (parsed YAML) showing the overlay of each camera, its labels and confidence
-    ready to be ticked, built from `template`'s first Image displays (overlay, labels, confidence).
-    """
+                namespace: str, depth_topics: Sequence[str] = ()) -> dict[str, Any]:
+    """An RViz config (parsed YAML) with, for each camera, a copy of every display of `template`
+    that shows a default camera's output (topic /segmentation/...: overlay, labels, confidence,
+    points, markers), pointed at that camera's outputs; the 3D ones are enabled only for the
+    cameras with a depth topic (`depth_topics`, one per image topic), as only they have them."""
     config = dict(template)
     manager = dict(config["Visualization Manager"])
-    prototypes = [d for d in manager["Displays"] if d.get("Class") == "rviz_default_plugins/Image"]
-    others = [d for d in manager["Displays"] if d.get("Class") != "rviz_default_plugins/Image"]
+    prototypes = [d for d in manager["Displays"] if _shows_an_output(d)]
+    others = [d for d in manager["Displays"] if not _shows_an_output(d)]
     displays = []
-    for topic in image_topics:
+    depths = list(depth_topics) + [""] * (len(image_topics) - len(depth_topics))
+    for topic, depth in zip(image_topics, depths, strict=False):
         outputs = output_namespace(resolve_topic(topic, namespace))
         for prototype in prototypes:
             shown = prototype["Topic"]["Value"].rsplit("/", 1)[-1]
             display = dict(prototype, Name=f"{prototype['Name']} ({outputs})")
             display["Topic"] = dict(prototype["Topic"], Value=f"{outputs}/{shown}")
+            if shown in DEPTH_OUTPUTS:
+                display["Enabled"] = display["Value"] = bool(depth.strip())
             displays.append(display)
     manager["Displays"] = others + displays
     config["Visualization Manager"] = manager
     return config
+
+
+def _shows_an_output(display: Mapping[str, Any]) -> bool:
+    topic = display.get("Topic")
+    return isinstance(topic, Mapping) and str(topic.get("Value", "")).startswith("/segmentation/")

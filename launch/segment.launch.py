@@ -3,11 +3,14 @@
     ros2 launch fcclip_ros segment.launch.py image_topics:=/camera/color/image_raw device:=cuda
     ros2 launch fcclip_ros segment.launch.py image_topics:="[/front/image_raw, /rear/image_raw]"
     ros2 launch fcclip_ros segment.launch.py namespace:=robot1 rviz:=true
+    ros2 launch fcclip_ros segment.launch.py image_topics:=/camera/camera/color/image_raw \
+        depth_topics:=/camera/camera/aligned_depth_to_color/image_raw rviz:=true
 
 One node serves every camera in image_topics (one model in memory, round-robin over the
 cameras' newest frames). Launch arguments left empty keep the params file's value, so a
 params file is never silently overridden by a launch default. With rviz:=true, RViz shows the
-overlay of every camera the node subscribes to, in its namespace. rclpy nodes cannot be composed
+overlay of every camera the node subscribes to, in its namespace, and the points and markers of
+those with a depth topic. rclpy nodes cannot be composed
 into a container (ros2/rclpy#575): each image crosses a process boundary once, as a copy.
 """
 
@@ -35,6 +38,7 @@ NODE_NAME = "fcclip"
 # Launch argument -> node parameter; empty means "as in the params file".
 OVERRIDES = {
     "image_topics": "camera topic, or a YAML list of topics, e.g. [/front/image, /rear/image]",
+    "depth_topics": "registered depth topic(s), one per image topic: turns on the 3D outputs",
     "transport": "raw | compressed",
     "model": "convnext_large | rn50 | rn101 | rn50x4 | rn50x16 | rn50x64 | tiny",
     "weights": "auto | path to the FC-CLIP checkpoint | random",
@@ -63,12 +67,17 @@ def _image_topics(context) -> list[str] | None:
     return None
 
 
+def _depth_topics(context) -> list[str] | None:
+    text = _argument(context, "depth_topics")
+    return parse_topic_list(text) if text else None
+
+
 def _parameter_overrides(context) -> dict:
     """The launch arguments that were given, as typed parameter values."""
     overrides = {}
     for name in OVERRIDES:
         text = _argument(context, name)
-        if not text or name == "image_topics":
+        if not text or name in ("image_topics", "depth_topics"):
             continue
         if name == "input_short_side":
             overrides[name] = int(text)
@@ -79,6 +88,9 @@ def _parameter_overrides(context) -> dict:
     topics = _image_topics(context)
     if topics is not None:
         overrides["image_topics"] = topics
+    depth_topics = _depth_topics(context)
+    if depth_topics is not None:
+        overrides["depth_topics"] = depth_topics
     overrides["use_sim_time"] = _argument(context, "use_sim_time").lower() in ("true", "1")
     return overrides
 
@@ -86,13 +98,19 @@ def _parameter_overrides(context) -> dict:
 def _rviz_config_file(context, share: str) -> str:
     """A copy of rviz/segment.rviz whose displays follow the node's cameras and namespace."""
     namespace = _argument(context, "namespace")
+    params_file = _argument(context, "params_file")
     topics = (
         _image_topics(context)
-        or image_topics_in_params_file(_argument(context, "params_file"), NODE_NAME, namespace)
+        or image_topics_in_params_file(params_file, NODE_NAME, namespace)
         or list(DEFAULT_IMAGE_TOPICS)
     )
+    depth_topics = (
+        _depth_topics(context)
+        or image_topics_in_params_file(params_file, NODE_NAME, namespace, "depth_topics")
+        or []
+    )
     with open(os.path.join(share, "rviz", "segment.rviz")) as template:
-        config = rviz_config(yaml.safe_load(template), topics, namespace)
+        config = rviz_config(yaml.safe_load(template), topics, namespace, depth_topics)
     handle, path = tempfile.mkstemp(prefix="fcclip_ros_", suffix=".rviz")
     with os.fdopen(handle, "w") as out:
         yaml.safe_dump(config, out, sort_keys=False)

@@ -9,6 +9,7 @@ import contextlib
 import sys
 
 import rclpy
+from geometry_msgs.msg import Point, Vector3
 from rclpy.executors import ExternalShutdownException
 from sensor_msgs.msg import RegionOfInterest
 
@@ -33,6 +34,9 @@ def sample_segment_array() -> SegmentArray:
                 is_thing=thing,
                 area=4_000_000_000 + i,
                 bbox=RegionOfInterest(x_offset=3 + i, y_offset=5, height=480, width=640 - i),
+                center=Point(x=-0.25 * i, y=0.125, z=1.5 + i),
+                size=Vector3(x=0.1, y=0.2 + i, z=0.05),
+                depth_pixels=1234 + i,
             )
         )
     return msg

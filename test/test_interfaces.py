@@ -22,6 +22,9 @@ def test_generated_interfaces_have_the_contract_fields():
             "is_thing": "boolean",
             "area": "uint32",
             "bbox": "sensor_msgs/RegionOfInterest",
+            "center": "geometry_msgs/Point",
+            "size": "geometry_msgs/Vector3",
+            "depth_pixels": "uint32",
         },
         SegmentArray: {
             "header": "std_msgs/Header",

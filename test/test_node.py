@@ -689,7 +689,8 @@ def test_start_up_errors_exit_non_zero_with_the_reason_and_no_traceback(tmp_path
 
 def test_params_file_holds_every_parameter_at_its_default():
     parameters = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
-    defaults = {spec.name: spec.default for spec in PARAMETERS if spec.name != "vocabulary"}
+    empty_lists = {"vocabulary", "depth_topics", "camera_info_topics"}
+    defaults = {spec.name: spec.default for spec in PARAMETERS if spec.name not in empty_lists}
     assert parameters == defaults
     assert "# vocabulary: [" in PARAMS_FILE.read_text()  # documented, though empty by default
 
@@ -820,35 +821,42 @@ def test_yaml_comments_and_launch_arguments_offer_exactly_the_cores_choices(monk
 
 
 def _rviz_topics(path: str) -> tuple[list[str], set[str]]:
-    """(topics of the enabled Image displays, of the disabled ones) of an RViz config file."""
+    """(topics of the enabled displays, of the disabled ones) of an RViz config file."""
     with open(path) as config:
         displays = yaml.safe_load(config)["Visualization Manager"]["Displays"]
     shown = [d["Topic"]["Value"] for d in displays if d["Enabled"]]
     return shown, {d["Topic"]["Value"] for d in displays if not d["Enabled"]}
 
 
-def test_launch_with_rviz_shows_the_overlay_of_every_camera_in_the_namespace(monkeypatch):
-    [_, rviz], _, _ = _launch(
-        monkeypatch, rviz="true", namespace="robot1", image_topics="[front/image, /rear/image]"
+def test_launch_with_rviz_shows_the_overlay_of_every_camera_and_3d_of_those_with_depth(
+        monkeypatch):
+    [node, rviz], _, _ = _launch(
+        monkeypatch, rviz="true", namespace="robot1", image_topics="[front/image, /rear/image]",
+        depth_topics='[front/depth, ""]',
     )
+    assert node.kwargs["parameters"][1]["depth_topics"] == ["front/depth", ""]
     assert (rviz.kwargs["package"], rviz.kwargs["executable"]) == ("rviz2", "rviz2")
     assert rviz.kwargs["arguments"][0] == "-d"
     shown, hidden = _rviz_topics(rviz.kwargs["arguments"][1])
-    assert shown == ["/robot1/front/segmentation/overlay", "/rear/segmentation/overlay"]
-    assert {"/robot1/front/segmentation/labels", "/rear/segmentation/confidence"} <= hidden
+    assert shown == ["/robot1/front/segmentation/overlay", "/robot1/front/segmentation/points",
+                     "/robot1/front/segmentation/markers", "/rear/segmentation/overlay"]
+    assert {"/robot1/front/segmentation/labels", "/rear/segmentation/confidence",
+            "/rear/segmentation/points", "/rear/segmentation/markers"} <= hidden
 
     [_, rviz], _, _ = _launch(monkeypatch, rviz="true")  # the params file's camera: `image`
     assert _rviz_topics(rviz.kwargs["arguments"][1])[0] == ["/segmentation/overlay"]
     assert len(_launch(monkeypatch, rviz="false")[0]) == 1
 
 
-def test_rviz_config_shows_the_overlay_of_the_default_camera():
+def test_rviz_config_shows_the_overlay_points_and_markers_of_the_default_camera():
     config = yaml.safe_load((ROOT / "rviz" / "segment.rviz").read_text())
     displays = config["Visualization Manager"]["Displays"]
     shown = [(d["Class"], d["Topic"]["Value"]) for d in displays if d["Enabled"]]
     [default_topic] = next(s.default for s in PARAMETERS if s.name == "image_topics")
-    overlay = f"/{output_namespace(default_topic)}/overlay"
-    assert shown == [("rviz_default_plugins/Image", overlay)]
+    outputs = f"/{output_namespace(default_topic)}"
+    assert shown == [("rviz_default_plugins/Image", f"{outputs}/overlay"),
+                     ("rviz_default_plugins/PointCloud2", f"{outputs}/points"),
+                     ("rviz_default_plugins/MarkerArray", f"{outputs}/markers")]
 
 
 @pytest.mark.parametrize(

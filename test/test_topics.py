@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from fcclip_ros.topics import image_topics_in_params_file, output_namespace, resolve_topic
+from fcclip_ros.topics import (
+    camera_info_topic,
+    image_topics_in_params_file,
+    output_namespace,
+    resolve_topic,
+)
 
 
 @pytest.mark.parametrize(
@@ -50,3 +55,13 @@ def test_params_file_cameras_follow_rcl_node_name_matching(tmp_path):
     params.write_text("[not: a mapping\n")
     assert image_topics_in_params_file(params, "fcclip", "") is None
     assert image_topics_in_params_file(tmp_path / "missing.yaml", "fcclip", "") is None
+
+
+@pytest.mark.parametrize(
+    ("image", "info"),
+    [("/camera/camera/color/image_raw", "/camera/camera/color/camera_info"),
+     ("front/image", "front/camera_info"), ("image", "camera_info"),
+     ("/image", "/camera_info")],
+)
+def test_camera_info_defaults_to_the_topic_beside_the_image(image, info):
+    assert camera_info_topic(image) == info

@@ -93,7 +93,8 @@ def _status(level: int, name: str, message: str, hardware_id: str,
 def camera_status(name: str, counts: SlotCounts, stats: CameraStats,
                   on_demand: Mapping[str, int], publishers: int, advice: str,
                   hardware_id: str) -> DiagnosticStatus:
-    """One camera; `on_demand`: counts of the outputs computed only while subscribed,
+    """One camera; `on_demand`: counts of the outputs computed only while subscribed and of the
+    frames with and without 3D,
     `publishers`: how many publish on its topic, `advice`: what to do when they do but no frame
     arrives."""
     inputs, outputs = stats.arrivals.rate(), stats.outputs.rate()

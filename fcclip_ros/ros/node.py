@@ -41,18 +41,29 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.signals import SignalHandlerOptions
 from rclpy.task import Future
 from rclpy.time import Time
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
 
 from fcclip_ros.engine import Engine, EngineError, resolve_device
+from fcclip_ros.geometry import (
+    DepthError,
+    DepthFrame,
+    Intrinsics,
+    check_registered,
+    depth_from_message,
+)
 from fcclip_ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
 from fcclip_ros.msg import QueryResult
 from fcclip_ros.ros import parameters
 from fcclip_ros.ros.diagnostics import CameraStats, camera_status, dds_transport, engine_status
 from fcclip_ros.ros.outputs import CameraOutputs, vocabulary_message
+from fcclip_ros.ros.pairing import DepthBuffer
 from fcclip_ros.ros.parameters import ConfigurationError
 from fcclip_ros.ros.scheduling import FrameScheduler
+from fcclip_ros.ros.spatial_outputs import VISION_OUTPUTS, vision_msgs
 from fcclip_ros.srv import GetVocabulary, Query, SetVocabulary
 from fcclip_ros.text_embeddings import QueryError, TextQueries, parse_query_texts, rank_segments
+from fcclip_ros.topics import camera_info_topic
 from fcclip_ros.vocabulary import Vocabulary, VocabularyError, VocabularyState
 
 NODE_NAME = "fcclip"
@@ -75,18 +86,31 @@ class LatestEmbeddings:
     embeddings: np.ndarray  # (len(segment_ids), D)
 
 
+def stamp_ns(header: Any) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
 class Camera:
-    """One input topic: its outputs, statistics, and (while active) its subscription."""
+    """One input topic: its outputs, statistics, and (while active) its subscriptions: the
+    image, and with a depth topic that depth and the image's CameraInfo."""
 
     def __init__(self, node: SegmenterNode, index: int, topic: str, compressed: bool,
-                 model: str) -> None:
+                 model: str, depth_topic: str = "", info_topic: str = "",
+                 depth_max_delay_s: float = 0.0) -> None:
         self.index, self.topic = index, topic
         self.source = f"{topic}/compressed" if compressed else topic
         self.message_type = CompressedImage if compressed else Image
         self.to_rgb = compressed_to_rgb if compressed else image_to_rgb
-        self.outputs = CameraOutputs(node, topic, model)
+        self.depth_topic = depth_topic
+        self.info_topic = info_topic or camera_info_topic(topic)
+        self.depth = DepthBuffer(depth_max_delay_s) if depth_topic else None
+        self.camera_info: CameraInfo | None = None  # the latest; replaced whole
+        self.depth_warning = ("", 0.0)  # the last reason logged for no 3D, and when
+        self.depth_counts = {"frames_3d": 0, "frames_without_depth": 0,
+                             "frames_depth_refused": 0} if depth_topic else {}
+        self.outputs = CameraOutputs(node, topic, model, with_depth=bool(depth_topic))
         self.stats = CameraStats()
-        self.subscription: Any = None
+        self.subscriptions: list[Any] = []
         self.latest: LatestEmbeddings | None = None  # replaced whole, read without a lock
 
 
@@ -116,6 +140,11 @@ class SegmenterNode(LifecycleNode):
         self._image_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()  # get_vocabulary answers during a swap
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        if vision_msgs is None:
+            self.get_logger().info(
+                f"vision_msgs is not installed: {', '.join(VISION_OUTPUTS)} are off (install "
+                "ros-<distro>-vision-msgs to have them)"
+            )
         self.create_timer(
             1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
         )
@@ -140,9 +169,13 @@ class SegmenterNode(LifecycleNode):
             self.get_logger().info(self.dds_advice)
         self._vocabulary_source = parameters.requested_vocabulary(values)
         compressed = values["transport"] == "compressed"
+        topics = values["image_topics"]
+        depth_topics = values["depth_topics"] or [""] * len(topics)
+        info_topics = values["camera_info_topics"] or [""] * len(topics)
         self.cameras = [
-            Camera(self, index, topic, compressed, values["model"])
-            for index, topic in enumerate(values["image_topics"])
+            Camera(self, index, topic, compressed, values["model"], depth_topics[index],
+                   info_topics[index], values["depth_max_delay_s"])
+            for index, topic in enumerate(topics)
         ]
         batch = values["max_batch_size"] if self.engine.device.type == "cuda" else 1
         self._scheduler = FrameScheduler(len(self.cameras), batch)
@@ -165,16 +198,31 @@ class SegmenterNode(LifecycleNode):
         self._active.set()
         self._publish_vocabulary(self.engine.vocabulary.current)
         for camera in self.cameras:
-            camera.subscription = self.create_subscription(
+            camera.subscriptions = [self.create_subscription(
                 camera.message_type, camera.source,
                 lambda msg, camera=camera: self._on_frame(camera, msg),
                 CAMERA_QOS, callback_group=self._image_group,
-            )
+            )]
+            if camera.depth is not None:
+                camera.depth.start()
+                camera.subscriptions += [
+                    self.create_subscription(
+                        Image, camera.depth_topic,
+                        lambda msg, camera=camera: camera.depth.put(stamp_ns(msg.header), msg),
+                        CAMERA_QOS, callback_group=self._image_group,
+                    ),
+                    self.create_subscription(
+                        CameraInfo, camera.info_topic,
+                        lambda msg, camera=camera: setattr(camera, "camera_info", msg),
+                        CAMERA_QOS, callback_group=self._image_group,
+                    ),
+                ]
         self._worker = threading.Thread(target=self._serve, name="fcclip-inference", daemon=True)
         self._worker.start()
         state = self.engine.vocabulary.current
         sources = ", ".join(
-            f"{c.subscription.topic_name} -> {c.outputs.labels.topic_name.rsplit('/', 1)[0]}/"
+            " + ".join(s.topic_name for s in c.subscriptions)
+            + f" -> {c.outputs.labels.topic_name.rsplit('/', 1)[0]}/"
             for c in self.cameras
         )
         self.get_logger().info(
@@ -187,8 +235,9 @@ class SegmenterNode(LifecycleNode):
         """Stop processing (the frame in flight is dropped); the model stays loaded."""
         self._stop_worker()
         for camera in self.cameras:
-            self.destroy_subscription(camera.subscription)
-            camera.subscription = None
+            for subscription in camera.subscriptions:
+                self.destroy_subscription(subscription)
+            camera.subscriptions = []
         assert self.engine is not None
         self.engine.resume()
         return super().on_deactivate(state)
@@ -223,6 +272,9 @@ class SegmenterNode(LifecycleNode):
             self.engine.interrupt()
         if self._scheduler is not None:
             self._scheduler.stop()
+        for camera in self.cameras:
+            if camera.depth is not None:
+                camera.depth.stop()
         if self._worker is not None:
             self._worker.join(timeout=timeout)
 
@@ -230,8 +282,8 @@ class SegmenterNode(LifecycleNode):
         for service in self._vocabulary_services:
             self.destroy_service(service)
         for camera in self.cameras:
-            if camera.subscription is not None:
-                self.destroy_subscription(camera.subscription)
+            for subscription in camera.subscriptions:
+                self.destroy_subscription(subscription)
             camera.outputs.destroy()
         self._vocabulary_services, self.cameras, self._scheduler, self.engine = [], [], None, None
         gc.collect()
@@ -248,6 +300,7 @@ class SegmenterNode(LifecycleNode):
         msg = vocabulary_message(state, self.get_clock().now().to_msg())
         for camera in self.cameras:
             camera.outputs.vocabulary.publish(msg)  # dropped while inactive; sent on activate
+            camera.outputs.spatial.publish_label_info(state, Header(stamp=msg.header.stamp))
 
     def _swap(self, requested: tuple[tuple[str, ...], str],
               validated: Vocabulary | None = None) -> Future:
@@ -437,7 +490,7 @@ class SegmenterNode(LifecycleNode):
 
     def _on_frame(self, camera: Camera, msg: Any) -> None:
         """Executor side: keep only the newest frame of the camera; the worker takes it."""
-        self._scheduler.put(camera.index, msg)
+        self._scheduler.put(camera.index, (msg, time.monotonic()))
         camera.stats.arrivals.add()
 
     def _serve(self) -> None:
@@ -452,12 +505,12 @@ class SegmenterNode(LifecycleNode):
                     f"inference failed: {error!r}", throttle_duration_sec=LOG_THROTTLE_S
                 )
 
-    def _process(self, batch: list[tuple[Camera, Any]]) -> None:
+    def _process(self, batch: list[tuple[Camera, tuple[Any, float]]]) -> None:
         frames = []
-        for camera, msg in batch:
+        for camera, (msg, arrival) in batch:
             try:
                 rgb = camera.to_rgb(msg, self.engine.config.max_input_pixels)
-                frames.append((camera, msg, rgb))
+                frames.append((camera, msg, rgb, arrival))
             except ImageConversionError as error:
                 camera.stats.malformed += 1
                 self.get_logger().warning(
@@ -466,23 +519,59 @@ class SegmenterNode(LifecycleNode):
                 )
         if not frames:
             return
-        confidence = [camera.outputs.wants_confidence for camera, _, _ in frames]
+        confidence = [camera.outputs.wants_confidence for camera, _, _, _ in frames]
         keep = self.get_parameter("keep_embeddings").value
-        embeddings = [keep or camera.outputs.wants_embeddings for camera, _, _ in frames]
+        embeddings = [keep or camera.outputs.wants_embeddings for camera, _, _, _ in frames]
         start = time.monotonic()
         results = self.engine.segment_batch(
-            [rgb for _, _, rgb in frames], confidence, embeddings
+            [rgb for _, _, rgb, _ in frames], confidence, embeddings
         )
         elapsed = time.monotonic() - start
+        # Paired after the network ran: by then the depth has usually arrived.
+        depths = [self._depth_for(camera, msg.header, arrival, rgb.shape)
+                  for camera, msg, rgb, arrival in frames]
+        stride = self.get_parameter("points_stride").value
         with self._publishing:
             if not self._active.is_set():  # deactivated or shutting down: the results are dropped
                 return
-            for (camera, msg, rgb), result in zip(frames, results, strict=True):
-                camera.outputs.publish(msg.header, rgb, result, self._style)
+            for (camera, msg, rgb, _), result, depth in zip(frames, results, depths, strict=True):
+                camera.outputs.publish(msg.header, rgb, result, self._style, depth, stride)
                 self._count_output(camera, msg.header, elapsed)
                 if result.embeddings is not None:
                     ids = [segment.id for segment in result.segments]
                     camera.latest = LatestEmbeddings(msg.header, ids, result.embeddings)
+
+    def _depth_for(self, camera: Camera, header: Any, arrival: float,
+                   shape: tuple[int, ...]) -> DepthFrame | None:
+        """The registered depth of a colour frame (see pairing.DepthBuffer), or None: no depth
+        topic, no depth in time, or a depth / CameraInfo that cannot work (logged, counted)."""
+        if camera.depth is None:
+            return None
+        msg = camera.depth.match(stamp_ns(header), arrival + camera.depth.max_delay_ns / 1e9)
+        if msg is None:
+            camera.depth_counts["frames_without_depth"] += 1
+            return None
+        height, width = shape[:2]
+        try:
+            info = camera.camera_info
+            if info is None:
+                raise DepthError(f"no CameraInfo received on {camera.info_topic} yet")
+            intrinsics = Intrinsics.from_camera_info(info.width, info.height, info.k, info.p)
+            intrinsics.check_image(width, height)
+            check_registered((msg.height, msg.width), (height, width))  # before decoding
+            metres = depth_from_message(msg, self.engine.config.max_input_pixels)
+        except (DepthError, ImageConversionError) as error:
+            camera.depth_counts["frames_depth_refused"] += 1
+            # Each camera's reason is logged when it changes, and at most every LOG_THROTTLE_S.
+            reason, logged = camera.depth_warning
+            if str(error) != reason or time.monotonic() - logged > LOG_THROTTLE_S:
+                camera.depth_warning = (str(error), time.monotonic())
+                self.get_logger().warning(
+                    f"no 3D for a frame of {camera.source} (published in 2D): {error}"
+                )
+            return None
+        camera.depth_counts["frames_3d"] += 1
+        return DepthFrame(metres, intrinsics)
 
     def _count_output(self, camera: Camera, header: Any, inference_s: float) -> None:
         camera.stats.processed += 1
@@ -502,7 +591,8 @@ class SegmenterNode(LifecycleNode):
         msg.status = [
             camera_status(
                 f"{self.get_name()}: {self.resolve_topic_name(camera.source)}",
-                scheduler.counts[camera.index], camera.stats, camera.outputs.computed_on_demand(),
+                scheduler.counts[camera.index], camera.stats,
+                camera.outputs.computed_on_demand() | camera.depth_counts,
                 self.count_publishers(camera.source),
                 self.dds_advice, device,
             )

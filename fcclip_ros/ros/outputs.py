@@ -7,17 +7,27 @@ keeps them for the `query` service).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from geometry_msgs.msg import Point, Vector3
 from rclpy.lifecycle import LifecycleNode
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile
 from sensor_msgs.msg import Image, RegionOfInterest
 
+from fcclip_ros.geometry import (
+    NO_GEOMETRY,
+    DepthFrame,
+    SegmentGeometry,
+    point_cloud,
+    segment_geometry,
+)
 from fcclip_ros.image_conversion import fill_image
 from fcclip_ros.msg import Segment, SegmentArray, SegmentEmbeddings, Vocabulary
 from fcclip_ros.overlay import OverlayStyle, draw_overlay
 from fcclip_ros.result import UNLABELED, Segmentation
+from fcclip_ros.ros.spatial_outputs import SpatialOutputs
 from fcclip_ros.topics import output_namespace
 from fcclip_ros.vocabulary import VocabularyState
 
@@ -31,24 +41,30 @@ def image_message(header: Any, pixels: np.ndarray, encoding: str) -> Image:
     return fill_image(Image(header=header), pixels, encoding)
 
 
-def segments_message(header: Any, result: Segmentation) -> SegmentArray:
-    """The SegmentArray of one result, stamped with the input's header."""
+def segments_message(header: Any, result: Segmentation,
+                     geometry: Mapping[int, SegmentGeometry] | None = None) -> SegmentArray:
+    """The SegmentArray of one result, stamped with the input's header; the 3D fields from
+    `geometry` (segment id -> box; zero for segments it lacks)."""
+    geometry = geometry or {}
     msg = SegmentArray(header=header, vocabulary_version=result.vocabulary_version)
-    msg.segments = [
-        Segment(
-            id=s.id,
-            class_id=s.class_id,
-            label=s.label,
-            score=float(s.score),
-            is_thing=s.is_thing,
-            area=s.area,
-            bbox=RegionOfInterest(
-                x_offset=s.bbox[0], y_offset=s.bbox[1], width=s.bbox[2], height=s.bbox[3]
-            ),
-        )
-        for s in result.segments
-    ]
+    msg.segments = [_segment(s, geometry.get(s.id, NO_GEOMETRY)) for s in result.segments]
     return msg
+
+
+def _segment(segment: Any, box: SegmentGeometry) -> Segment:
+    x, y, width, height = segment.bbox
+    return Segment(
+        id=segment.id,
+        class_id=segment.class_id,
+        label=segment.label,
+        score=float(segment.score),
+        is_thing=segment.is_thing,
+        area=segment.area,
+        bbox=RegionOfInterest(x_offset=x, y_offset=y, width=width, height=height),
+        center=Point(x=box.center[0], y=box.center[1], z=box.center[2]),
+        size=Vector3(x=box.size[0], y=box.size[1], z=box.size[2]),
+        depth_pixels=box.depth_pixels,
+    )
 
 
 def embeddings_message(header: Any, result: Segmentation, model: str) -> SegmentEmbeddings:
@@ -79,7 +95,8 @@ class CameraOutputs:
     """The output topics of one camera, as lifecycle publishers: silent unless the node is
     active. Counts what was computed only on demand."""
 
-    def __init__(self, node: LifecycleNode, image_topic: str, model: str) -> None:
+    def __init__(self, node: LifecycleNode, image_topic: str, model: str,
+                 with_depth: bool = False) -> None:
         self._node = node
         self._model = model
         self.namespace = output_namespace(image_topic)
@@ -95,6 +112,7 @@ class CameraOutputs:
         self.segments = publisher(SegmentArray, "segments")
         self.embeddings = publisher(SegmentEmbeddings, "embeddings")
         self.vocabulary = publisher(Vocabulary, "vocabulary", LATCHED_QOS)
+        self.spatial = SpatialOutputs(node, self.namespace, with_depth, OUTPUT_QOS, LATCHED_QOS)
         self._all = (self.labels, self.instances, self.confidence, self.overlay, self.segments,
                      self.embeddings, self.vocabulary)
 
@@ -102,7 +120,9 @@ class CameraOutputs:
         """How many of the outputs computed only while subscribed were published."""
         return {"overlays_drawn": self.overlays,
                 "confidence_maps_published": self.confidence_maps,
-                "embedding_arrays_published": self.embedding_arrays}
+                "embedding_arrays_published": self.embedding_arrays,
+                "point_clouds_published": self.spatial.points_published,
+                "marker_arrays_published": self.spatial.marker_arrays_published}
 
     @property
     def wants_confidence(self) -> bool:
@@ -113,7 +133,14 @@ class CameraOutputs:
         return self.embeddings.get_subscription_count() > 0
 
     def publish(self, header: Any, rgb: np.ndarray, result: Segmentation,
-                style: OverlayStyle) -> None:
+                style: OverlayStyle, depth: DepthFrame | None = None,
+                points_stride: int = 1) -> None:
+        """All outputs of one frame; the 3D ones when `depth` (registered to `rgb`) is given."""
+        geometry = cloud = None
+        if depth is not None:
+            geometry = segment_geometry(result.instances, depth.metres, depth.intrinsics)
+            if self.spatial.wants_points:
+                cloud = point_cloud(rgb, result, depth.metres, depth.intrinsics, points_stride)
         self.labels.publish(image_message(header, result.labels, "mono16"))
         self.instances.publish(image_message(header, result.instances, "mono16"))
         if result.confidence is not None and self.wants_confidence:
@@ -123,11 +150,13 @@ class CameraOutputs:
             overlay = draw_overlay(rgb, result.instances, result.segments, style)
             self.overlay.publish(image_message(header, overlay, "rgb8"))
             self.overlays += 1
-        self.segments.publish(segments_message(header, result))
+        self.segments.publish(segments_message(header, result, geometry))
+        self.spatial.publish(header, result, geometry, cloud)
         if result.embeddings is not None and self.wants_embeddings:
             self.embeddings.publish(embeddings_message(header, result, self._model))
             self.embedding_arrays += 1
 
     def destroy(self) -> None:
+        self.spatial.destroy()
         for publisher in self._all:
             self._node.destroy_lifecycle_publisher(publisher)

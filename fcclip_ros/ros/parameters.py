@@ -75,6 +75,34 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         read_only=True,
     ),
     ParameterSpec(
+        "depth_topics",
+        Parameter.Type.STRING_ARRAY,
+        "Depth topics registered to the colour images (16UC1 mm or 32FC1 m, same size), one per"
+        " image topic in the same order (\"\" for a camera without depth); empty: no 3D.",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "camera_info_topics",
+        Parameter.Type.STRING_ARRAY,
+        "CameraInfo topics of the colour images, one per image topic; empty (or \"\" for one"
+        " camera): camera_info beside the image topic.",
+        read_only=True,
+    ),
+    ParameterSpec(
+        "depth_max_delay_s",
+        0.05,
+        "A colour frame pairs with the depth of the same stamp, else the nearest within this;"
+        " without one it is published in 2D only.",
+        read_only=True,
+        value_range=FloatingPointRange(from_value=0.0, to_value=1.0, step=0.0),
+    ),
+    ParameterSpec(
+        "points_stride",
+        2,
+        "The points cloud takes every n-th pixel in both directions (bandwidth: 1 = every pixel).",
+        value_range=_integer_range(1, 64),
+    ),
+    ParameterSpec(
         "transport",
         "raw",
         "raw: subscribe to each topic; compressed: to <topic>/compressed (JPEG, PNG, TIFF, BMP,"
@@ -226,8 +254,16 @@ def declare(node: Node) -> None:
 
 
 def values(node: Node) -> dict[str, Any]:
-    """Every parameter's current value."""
-    return {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
+    """Every parameter's current value; [] for a read-only array left unset (read-only
+    parameters cannot be given their empty default after being declared)."""
+    return {spec.name: _value(node, spec) for spec in PARAMETERS}
+
+
+def _value(node: Node, spec: ParameterSpec) -> Any:
+    try:
+        return node.get_parameter(spec.name).value
+    except ParameterUninitializedException:
+        return []
 
 
 def check(values: Mapping[str, Any]) -> None:
@@ -239,6 +275,13 @@ def check(values: Mapping[str, Any]) -> None:
                 f"expected one of {', '.join(spec.choices)}"
             )
     check_topics(values["image_topics"])
+    for name in ("depth_topics", "camera_info_topics"):
+        given = values[name] or []
+        if given and len(given) != len(values["image_topics"]):
+            raise ConfigurationError(
+                f"{name} has {len(given)} topics but image_topics has "
+                f"{len(values['image_topics'])}: give one per image topic, in the same order"
+            )
 
 
 def check_topics(topics: Sequence[str]) -> None:

@@ -1,0 +1,255 @@
+"""Depth and camera geometry for the 3D outputs, without ROS: depth images in metres, pinhole
+intrinsics, per-segment 3D boxes, labelled point clouds and PLY files.
+
+Depth must be registered to the colour image (one depth reading per colour pixel, in the colour
+camera's optical frame: x right, y down, z forward), as RealSense `aligned_depth_to_color`, ZED
+and Orbbec publish it. 0, NaN and infinity mean "no reading".
+
+A segment's 3D box comes from its *interior* depth pixels: the segment mask is eroded by
+`EROSION_PX` pixels (a square window), because the pixels at object borders are where depth
+cameras put "flying pixels" halfway between the object and the background. On each axis the box
+spans the `BOX_PERCENTILES` of the interior points (not their min/max, which one stray reading
+would stretch), and `center` is the middle of that span. A segment too thin to keep
+`MIN_INTERIOR_PIXELS` after erosion uses all its valid pixels instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import yaml
+
+from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS, check_pixel_count
+from fcclip_ros.result import NO_INSTANCE, Segmentation
+
+EROSION_PX = 2  # pixels peeled off every segment border before its depth is used
+BOX_PERCENTILES = (5.0, 95.0)  # the box's extent on each axis, over the interior points
+MIN_INTERIOR_PIXELS = 10  # below this, a segment's box uses its uneroded valid pixels
+DEPTH_ENCODINGS = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}  # encoding -> metres per unit
+POINT_DTYPE = np.dtype([
+    ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
+    ("r", "u1"), ("g", "u1"), ("b", "u1"),
+    ("label", "<u2"), ("instance", "<u2"),
+])
+
+
+class DepthError(ValueError):
+    """A depth image or camera calibration that cannot give 3D; the message says why."""
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics of an image of `width` x `height` pixels."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+    width: int
+    height: int
+
+    @classmethod
+    def from_camera_info(cls, width: int, height: int, k: Sequence[float],
+                         p: Sequence[float] = ()) -> Intrinsics:
+        """From sensor_msgs/CameraInfo fields (row-major 3x3 K, 3x4 P).
+
+        P is the matrix of the image as published once rectified, which registered depth (and
+        the colour image it is registered to) always is; K where P is unset.
+        """
+        if len(p) == 12 and p[0] > 0 and p[5] > 0:
+            fx, cx, fy, cy = p[0], p[2], p[5], p[6]
+        elif len(k) == 9:
+            fx, cx, fy, cy = k[0], k[2], k[4], k[5]
+        else:
+            raise DepthError(f"camera info has no camera matrix (K has {len(k)} values)")
+        values = [float(v) for v in (fx, fy, cx, cy)]
+        if not all(np.isfinite(values)) or values[0] <= 0 or values[1] <= 0:
+            raise DepthError(f"camera info has no usable focal length (fx={fx}, fy={fy})")
+        if width <= 0 or height <= 0:
+            raise DepthError(f"camera info gives no image size ({width}x{height})")
+        return cls(*values, width=int(width), height=int(height))
+
+    def check_image(self, width: int, height: int) -> None:
+        if (width, height) != (self.width, self.height):
+            raise DepthError(
+                f"camera info is for {self.width}x{self.height} images but the colour image is "
+                f"{width}x{height}"
+            )
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """A depth image registered to a colour image, and the intrinsics of their pixels."""
+
+    metres: np.ndarray  # (H, W) float32, NaN where there is no reading
+    intrinsics: Intrinsics
+
+
+def read_camera_info_yaml(path: str | Path) -> Intrinsics:
+    """The intrinsics in a ROS camera calibration YAML (camera_calibration_parsers' format:
+    image_width, image_height, camera_matrix, projection_matrix, ...). Parsed as plain data."""
+    try:
+        document = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise DepthError(f"cannot read camera info {path}: {error}") from None
+    if not isinstance(document, Mapping):
+        raise DepthError(f"{path} is not a camera calibration YAML")
+
+    def matrix(name: str, size: int) -> list[float]:
+        data = document.get(name, {})
+        data = data.get("data") if isinstance(data, Mapping) else None
+        if data is None:
+            return []
+        if not isinstance(data, list) or len(data) != size:
+            raise DepthError(f"{path}: {name}.data must hold {size} numbers")
+        try:
+            return [float(value) for value in data]
+        except (TypeError, ValueError):
+            raise DepthError(f"{path}: {name}.data must hold {size} numbers") from None
+
+    try:
+        width, height = int(document["image_width"]), int(document["image_height"])
+    except (KeyError, TypeError, ValueError):
+        raise DepthError(f"{path}: image_width and image_height are required") from None
+    return Intrinsics.from_camera_info(
+        width, height, matrix("camera_matrix", 9), matrix("projection_matrix", 12)
+    )
+
+
+def depth_in_metres(depth: np.ndarray, metres_per_unit: float) -> np.ndarray:
+    """(H, W) float32 metres, NaN where there is no reading (0, NaN, infinity, negative)."""
+    metres = depth.astype(np.float32) * np.float32(metres_per_unit)
+    metres[~(np.isfinite(metres) & (metres > 0))] = np.nan
+    return metres
+
+
+def depth_from_message(msg: Any, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> np.ndarray:
+    """Metres (H, W) float32 of a sensor_msgs/Image (duck-typed) in 16UC1 (mm) or 32FC1 (m)."""
+    if msg.encoding not in DEPTH_ENCODINGS:
+        raise DepthError(
+            f"depth encoding {msg.encoding!r} is not one of {', '.join(DEPTH_ENCODINGS)}"
+        )
+    check_pixel_count(msg.width, msg.height, max_pixels)
+    itemsize = 4 if msg.encoding == "32FC1" else 2
+    row = msg.width * itemsize
+    if msg.step < row or len(msg.data) < msg.step * msg.height or msg.width * msg.height == 0:
+        raise DepthError(
+            f"depth image {msg.width}x{msg.height} {msg.encoding} with step {msg.step} does not "
+            f"fit its {len(msg.data)} bytes"
+        )
+    dtype = np.dtype("f4" if itemsize == 4 else "u2").newbyteorder(
+        ">" if msg.is_bigendian else "<")
+    rows = np.frombuffer(memoryview(msg.data)[: msg.step * msg.height], np.uint8)
+    rows = rows.reshape(msg.height, msg.step)[:, :row]
+    return depth_in_metres(rows.copy().view(dtype), DEPTH_ENCODINGS[msg.encoding])
+
+
+def check_registered(depth_shape: tuple[int, ...], shape: tuple[int, ...]) -> None:
+    """Refuse depth that is not pixel-aligned with the colour image ((height, width) each)."""
+    if tuple(depth_shape[:2]) != tuple(shape[:2]):
+        (height, width), (depth_height, depth_width) = shape[:2], depth_shape[:2]
+        raise DepthError(
+            f"depth image is {depth_width}x{depth_height} but the colour image is "
+            f"{width}x{height}: the depth must be registered to the colour image (e.g. "
+            "RealSense aligned_depth_to_color)"
+        )
+
+
+@dataclass(frozen=True)
+class SegmentGeometry:
+    """A segment's robust 3D box in the camera's optical frame, metres."""
+
+    center: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    size: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    depth_pixels: int = 0  # the valid depth pixels the box was computed from; 0 = no 3D
+
+
+NO_GEOMETRY = SegmentGeometry()
+
+
+def back_project(rows: np.ndarray, cols: np.ndarray, z: np.ndarray,
+                 intrinsics: Intrinsics) -> np.ndarray:
+    """(N, 3) float32 points of pixels (rows, cols) at depths z (pixel centres)."""
+    x = (cols.astype(np.float32) - np.float32(intrinsics.cx)) * z / np.float32(intrinsics.fx)
+    y = (rows.astype(np.float32) - np.float32(intrinsics.cy)) * z / np.float32(intrinsics.fy)
+    return np.stack([x, y, z.astype(np.float32)], axis=1)
+
+
+def interior(instances: np.ndarray, erosion_px: int = EROSION_PX) -> np.ndarray:
+    """(H, W) bool: pixels whose whole (2e+1)-square window belongs to their own segment."""
+    if erosion_px <= 0:
+        return instances != NO_INSTANCE
+    kernel = np.ones((2 * erosion_px + 1,) * 2, np.uint8)
+    lowest, highest = cv2.erode(instances, kernel), cv2.dilate(instances, kernel)
+    return (lowest == instances) & (highest == instances) & (instances != NO_INSTANCE)
+
+
+def segment_geometry(instances: np.ndarray, depth: np.ndarray,
+                     intrinsics: Intrinsics) -> dict[int, SegmentGeometry]:
+    """Segment id -> its box, for every segment with valid depth (see the module docstring)."""
+    check_registered(depth.shape, instances.shape)
+    intrinsics.check_image(instances.shape[1], instances.shape[0])
+    valid = np.isfinite(depth) & (instances != NO_INSTANCE)
+    inner = valid & interior(instances)
+    inner_counts = np.bincount(instances[inner], minlength=int(instances.max(initial=0)) + 1)
+    # Thin segments fall back to all their valid pixels.
+    thin = np.flatnonzero(inner_counts < MIN_INTERIOR_PIXELS)
+    used = inner | (valid & np.isin(instances, thin))
+    rows, cols = np.nonzero(used)
+    ids = instances[rows, cols]
+    order = np.argsort(ids, kind="stable")
+    rows, cols, ids = rows[order], cols[order], ids[order]
+    points = back_project(rows, cols, depth[rows, cols], intrinsics)
+    runs = np.flatnonzero(np.diff(ids)) + 1  # where the next segment's points start
+    geometry = {}
+    for segment_points, segment_ids in zip(np.split(points, runs), np.split(ids, runs),
+                                           strict=True):
+        if not segment_ids.size:
+            continue  # no segment has depth
+        low, high = np.percentile(segment_points, BOX_PERCENTILES, axis=0)
+        geometry[int(segment_ids[0])] = SegmentGeometry(
+            center=tuple(float(v) for v in (low + high) / 2),
+            size=tuple(float(v) for v in high - low),
+            depth_pixels=int(segment_ids.size),
+        )
+    return geometry
+
+
+def point_cloud(rgb: np.ndarray, result: Segmentation, depth: np.ndarray,
+                intrinsics: Intrinsics, stride: int = 1) -> np.ndarray:
+    """Structured POINT_DTYPE array: every `stride`-th pixel in both directions that has a depth
+    reading, with its colour, class id (label) and segment id (instance)."""
+    height, width = result.labels.shape
+    check_registered(depth.shape, (height, width))
+    intrinsics.check_image(width, height)
+    sampled = np.zeros((height, width), bool)
+    sampled[::stride, ::stride] = True
+    rows, cols = np.nonzero(sampled & np.isfinite(depth))
+    cloud = np.empty(rows.size, POINT_DTYPE)
+    xyz = back_project(rows, cols, depth[rows, cols], intrinsics)
+    cloud["x"], cloud["y"], cloud["z"] = xyz.T
+    cloud["r"], cloud["g"], cloud["b"] = rgb[rows, cols].T
+    cloud["label"] = result.labels[rows, cols]
+    cloud["instance"] = result.instances[rows, cols]
+    return cloud
+
+
+def write_ply(path: str | Path, cloud: np.ndarray) -> None:
+    """A binary little-endian PLY of a POINT_DTYPE cloud (vertex x y z red green blue label
+    instance), readable by Open3D, CloudCompare, MeshLab and PCL."""
+    names = {"r": "red", "g": "green", "b": "blue"}
+    types = {"<f4": "float", "|u1": "uchar", "<u2": "ushort"}
+    properties = "".join(
+        f"property {types[cloud.dtype[name].str]} {names.get(name, name)}\n"
+        for name in cloud.dtype.names
+    )
+    header = (f"ply\nformat binary_little_endian 1.0\nelement vertex {cloud.size}\n"
+              f"{properties}end_header\n")
+    with open(path, "wb") as out:
+        out.write(header.encode("ascii"))
+        out.write(np.ascontiguousarray(cloud, POINT_DTYPE).tobytes())

