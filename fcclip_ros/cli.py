@@ -242,7 +242,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_bag_command(subparsers: argparse._SubParsersAction) -> None:
-    from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, FRAME_OUTPUTS
+    from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, BAG_OUTPUTS, DEPTH_OUTPUTS
 
     parser = subparsers.add_parser(
         "bag",
@@ -265,9 +265,23 @@ def _add_bag_command(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--every", type=_positive_int, default=1, metavar="N",
                         help="segment every N-th frame of each camera; the others are copied "
                         "without outputs (default 1: every frame)")
-    parser.add_argument("--outputs", nargs="+", choices=FRAME_OUTPUTS,
-                        default=list(BAG_DEFAULT_OUTPUTS),
-                        help="per-frame outputs to write (default: %(default)s)")
+    parser.add_argument("--outputs", nargs="+", choices=BAG_OUTPUTS,
+                        help="per-frame outputs to write (default: "
+                        f"{' '.join(BAG_DEFAULT_OUTPUTS)}, plus with --depth-topics "
+                        f"{' '.join(DEPTH_OUTPUTS)}, plus detections (and detections_3d with "
+                        "depth) where vision_msgs is importable)")
+    parser.add_argument("--depth-topics", nargs="+", default=[], metavar="TOPIC",
+                        help="depth topic (sensor_msgs/Image 16UC1 mm or 32FC1 m, registered to "
+                        "the colour image) of each camera in --topics, same order, '' for a "
+                        "camera without: adds the 3D fields, points, markers, detections_3d")
+    parser.add_argument("--camera-info-topics", nargs="+", default=[], metavar="TOPIC",
+                        help="CameraInfo topic of each camera in --topics (default: camera_info "
+                        "beside each image topic)")
+    parser.add_argument("--depth-max-delay", type=float, default=0.05, metavar="SECONDS",
+                        help="colour and depth pair by header stamp: the same, else the nearest "
+                        "within this (default %(default)s)")
+    parser.add_argument("--points-stride", type=_positive_int, default=1, metavar="N",
+                        help="points keeps every N-th pixel in both directions (default 1)")
     parser.add_argument("--batch-size", type=_positive_int, default=4,
                         help="frames per forward pass on CUDA (default %(default)s); on the CPU "
                         "frames go one at a time, as batching does not speed it up")
@@ -276,6 +290,17 @@ def _add_bag_command(subparsers: argparse._SubParsersAction) -> None:
                         "settings): the result equals an uninterrupted run's")
     _add_engine_arguments(parser, "frames")
     parser.set_defaults(func=_bag)
+
+
+def _bag_outputs(asked: list[str] | None, with_depth: bool) -> tuple[str, ...]:
+    """The outputs asked for, or the default set for what this run has, in BAG_OUTPUTS order."""
+    from fcclip_ros.ros.spatial_outputs import vision_msgs
+    from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, BAG_OUTPUTS, DEPTH_ONLY_OUTPUTS
+
+    if asked is None:
+        asked = [*BAG_DEFAULT_OUTPUTS, *(["detections", "detections_3d"] if vision_msgs else []),
+                 *(DEPTH_ONLY_OUTPUTS if with_depth else [])]
+    return tuple(name for name in BAG_OUTPUTS if name in asked)
 
 
 def _bag(args: argparse.Namespace) -> int:
@@ -293,15 +318,17 @@ def _bag(args: argparse.Namespace) -> int:
               "mcap-ros2-support tqdm", file=sys.stderr)
         return 2
     from fcclip_ros.engine import Engine, EngineError, resolve_device
-    from fcclip_ros.topics import FRAME_OUTPUTS
 
     config = _engine_config(args)
     try:
         on_cuda = resolve_device(config.device).type == "cuda"
         options = BagOptions(
             topics=tuple(args.topics), every=args.every,
-            outputs=tuple(name for name in FRAME_OUTPUTS if name in args.outputs),
-            batch_size=args.batch_size if on_cuda else 1, max_input_pixels=args.max_input_pixels)
+            outputs=_bag_outputs(args.outputs, bool(args.depth_topics)),
+            batch_size=args.batch_size if on_cuda else 1, max_input_pixels=args.max_input_pixels,
+            depth_topics=tuple(args.depth_topics),
+            camera_info_topics=tuple(args.camera_info_topics),
+            depth_max_delay_s=args.depth_max_delay, points_stride=args.points_stride)
         settings = {key: value for key, value in asdict(config).items() if key != "cache_dir"}
         job = BagJob(args.input, args.out, options, settings, resume=args.resume)
         engine = Engine(config)
@@ -331,11 +358,17 @@ def _bag(args: argparse.Namespace) -> int:
             return 2
     for reason in report.failures:
         print(f"not segmented: {reason}", file=sys.stderr)
+    for reason in report.depth_notes:
+        print(f"no 3D: {reason}", file=sys.stderr)
     if report.frames_failed > len(report.failures):
         print(f"... {report.frames_failed - len(report.failures)} more frames not segmented",
               file=sys.stderr)
     summary = (f"{args.out}: {report.frames_done - report.frames_failed} of "
                f"{report.frames_total} frames segmented, {report.frames_failed} not segmented")
+    if job.depth:
+        summary += (f"; 3D for {report.frames_3d}, no depth in time for "
+                    f"{report.frames_without_depth}, depth refused for "
+                    f"{report.frames_depth_refused}")
     if report.interrupted:
         print(f"{summary}; interrupted: the bag holds the input up to the last whole frame. "
               "Continue with the same command and --resume", file=sys.stderr)

@@ -160,6 +160,22 @@ def check_registered(depth_shape: tuple[int, ...], shape: tuple[int, ...]) -> No
         )
 
 
+def registered_depth(depth_msg: Any, camera_info: Any | None, image_shape: tuple[int, ...],
+                     max_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+                     info_topic: str = "camera_info") -> DepthFrame:
+    """The depth (sensor_msgs/Image) and CameraInfo (duck-typed) of a colour image of
+    `image_shape`, checked against it before decoding; DepthError or ImageConversionError says
+    why they cannot be used."""
+    if camera_info is None:
+        raise DepthError(f"no CameraInfo received on {info_topic} yet")
+    height, width = image_shape[:2]
+    intrinsics = Intrinsics.from_camera_info(camera_info.width, camera_info.height,
+                                             camera_info.k, camera_info.p)
+    intrinsics.check_image(width, height)
+    check_registered((depth_msg.height, depth_msg.width), (height, width))
+    return DepthFrame(depth_from_message(depth_msg, max_pixels), intrinsics)
+
+
 @dataclass(frozen=True)
 class SegmentGeometry:
     """A segment's robust 3D box in the camera's optical frame, metres."""

@@ -20,6 +20,9 @@ FRAME_OUTPUTS = ("labels", "instances", "confidence", "overlay", "segments", "em
 BAG_DEFAULT_OUTPUTS = FRAME_OUTPUTS[:-1]
 CAMERA_INFO = "camera_info"
 DEPTH_OUTPUTS = ("points", "markers")  # published only for cameras with a depth topic
+DEPTH_ONLY_OUTPUTS = (*DEPTH_OUTPUTS, "detections_3d")
+# Every per-frame output `fcclip-ros bag` can write (the vision_msgs ones need vision_msgs).
+BAG_OUTPUTS = (*FRAME_OUTPUTS, *DEPTH_OUTPUTS, "detections", "detections_3d")
 
 
 def output_namespace(topic: str) -> str:

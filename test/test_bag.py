@@ -346,3 +346,150 @@ def test_batched_frames_give_the_same_bag_as_one_at_a_time(recorded, tmp_path):
         assert [m.log_time for m in together] == [m.log_time for m in one_by_one]
         for a, b in zip(together, one_by_one, strict=True):
             assert bytes(a.msg.data) == bytes(b.msg.data)
+
+
+# --- RGB-D recordings -------------------------------------------------------------------------
+
+COLOUR, DEPTH_TOPIC, INFO = ("/rgbd/color/image_raw", "/rgbd/depth/image_raw",
+                             "/rgbd/color/camera_info")
+RGBD_ARGS = ["--topics", COLOUR, "--depth-topics", DEPTH_TOPIC, "--points-stride", "3"]
+
+
+def write_rgbd_recording(path: Path, depth_shape: tuple[int, int] | None = None) -> list[int]:
+    """The ARC 2017 shelf (colour, registered 16UC1 depth, CameraInfo) at 10 Hz, recorded as
+    cameras deliver it: frame 0's depth logged before its colour frame, frame 1's after it,
+    frame 2's depth stamped 30 ms late, frame 3 with no depth near it. Returns the colour
+    stamps (ns)."""
+    from test_node_3d import DEPTH, HEIGHT, RGB, WIDTH, K, P, millimetres
+
+    depth_mm = millimetres(DEPTH)
+    if depth_shape is not None:
+        depth_mm = np.ascontiguousarray(depth_mm[: depth_shape[0], : depth_shape[1]])
+    stamps = [START_NS + i * 100_000_000 for i in range(4)]
+    depth_stamps = {0: stamps[0], 1: stamps[1], 2: stamps[2] + 30_000_000}
+    with path.open("wb") as stream, Ros2Writer(stream) as writer:
+        schema = {name: writer.register_msgdef(name, message_definition(name))
+                  for name in ("sensor_msgs/msg/Image", "sensor_msgs/msg/CameraInfo")}
+        events = []
+        for i, stamp in enumerate(stamps):
+            header = {"stamp": {"sec": stamp // 10**9, "nanosec": stamp % 10**9},
+                      "frame_id": "camera_color_optical_frame"}
+            events.append((stamp + 10, INFO, schema["sensor_msgs/msg/CameraInfo"], {
+                "header": header, "height": HEIGHT, "width": WIDTH, "k": K, "p": P,
+                "distortion_model": "plumb_bob", "d": [], "r": [1, 0, 0, 0, 1, 0, 0, 0, 1]}))
+            events.append((stamp + 20, COLOUR, schema["sensor_msgs/msg/Image"], {
+                "header": header, "height": HEIGHT, "width": WIDTH, "encoding": "rgb8",
+                "is_bigendian": 0, "step": WIDTH * 3, "data": RGB.tobytes()}))
+            if i in depth_stamps:
+                depth_stamp = depth_stamps[i]
+                logged = stamp + (5 if i == 0 else 40_000_000)  # before / after the colour
+                events.append((logged, DEPTH_TOPIC, schema["sensor_msgs/msg/Image"], {
+                    "header": {**header, "stamp": {"sec": depth_stamp // 10**9,
+                                                   "nanosec": depth_stamp % 10**9}},
+                    "height": depth_mm.shape[0], "width": depth_mm.shape[1],
+                    "encoding": "16UC1", "is_bigendian": 0, "step": depth_mm.shape[1] * 2,
+                    "data": depth_mm.tobytes()}))
+        for log_time, topic, message_schema, message in sorted(events, key=lambda e: e[0]):
+            writer.write_message(topic, message_schema, message, log_time, log_time)
+    return stamps
+
+
+def test_bag_with_depth_writes_segment_boxes_points_and_markers_like_the_node(tmp_path, capsys):
+    from test_node_3d import DEPTH, INTRINSICS, assert_boxes_match_back_projection, sent
+
+    recording = tmp_path / "rgbd.mcap"
+    stamps = write_rgbd_recording(recording)
+    code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
+                     "--cache-dir", str(tmp_path), *RGBD_ARGS, "--outputs", "instances",
+                     "labels", "segments", "points", "markers"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "3D for 3, no depth in time for 1, depth refused for 0" in captured.out
+    result_path = tmp_path / "out" / "out_0.mcap"
+    segments = decoded(result_path, "/rgbd/color/segmentation/segments")
+    instances = decoded(result_path, "/rgbd/color/segmentation/instances")
+    labels = decoded(result_path, "/rgbd/color/segmentation/labels")
+    points = decoded(result_path, "/rgbd/color/segmentation/points")
+    markers = decoded(result_path, "/rgbd/color/segmentation/markers")
+    assert [stamp(m.msg)[0] * 10**9 + stamp(m.msg)[1] for m in segments] == stamps
+    for index in range(3):  # exact stamp before and after the colour frame, and 30 ms late
+        pixels = np.frombuffer(bytes(instances[index].msg.data), np.uint16).reshape(DEPTH.shape)
+        assert assert_boxes_match_back_projection(segments[index].msg.segments, pixels,
+                                                  sent(DEPTH)) > 0
+    assert all(s.depth_pixels == 0 and s.center.z == 0 for s in segments[3].msg.segments)
+    assert [m.log_time for m in points] == [m.log_time for m in segments[:3]]
+    assert len(markers) == 4 and [m.action for m in markers[3].msg.markers] == [3]  # DELETEALL
+
+    cloud = points[0].msg
+    names = [field.name for field in cloud.fields]
+    assert names == ["x", "y", "z", "rgb", "label", "instance"]
+    dtype = np.dtype({"names": names, "offsets": [f.offset for f in cloud.fields],
+                      "formats": ["<f4", "<f4", "<f4", "<u4", "<u2", "<u2"],
+                      "itemsize": cloud.point_step})
+    array = np.frombuffer(bytes(cloud.data), dtype)
+    assert array.size > 100
+    cols = np.round(array["x"] * INTRINSICS.fx / array["z"] + INTRINSICS.cx).astype(int)
+    rows = np.round(array["y"] * INTRINSICS.fy / array["z"] + INTRINSICS.cy).astype(int)
+    assert np.all(rows % 3 == 0) and np.all(cols % 3 == 0)
+    label_image = np.frombuffer(bytes(labels[0].msg.data), np.uint16).reshape(DEPTH.shape)
+    np.testing.assert_array_equal(array["label"], label_image[rows, cols])
+
+
+def test_bag_refuses_depth_of_another_size_per_frame_and_writes_2d(tmp_path, capsys):
+    recording = tmp_path / "rgbd.mcap"
+    write_rgbd_recording(recording, depth_shape=(96, 128))
+    code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
+                     "--cache-dir", str(tmp_path), *RGBD_ARGS, "--outputs", "segments"])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "3D for 0, no depth in time for 1, depth refused for 3" in captured.out
+    assert "depth image is 128x96 but the colour image is 256x192" in captured.err
+    segments = decoded(tmp_path / "out" / "out_0.mcap", "/rgbd/color/segmentation/segments")
+    assert len(segments) == 4 and all(s.depth_pixels == 0 for m in segments
+                                      for s in m.msg.segments)
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--depth-topics", "/rgbd/depth/missing"], "no topic /rgbd/depth/missing in the bag"),
+    (["--depth-topics", COLOUR, INFO], "2 depth topics for 1 --topics"),
+    (["--depth-topics", DEPTH_TOPIC, "--camera-info-topics", COLOUR],
+     f"{COLOUR} is sensor_msgs/msg/Image, not sensor_msgs/msg/CameraInfo"),
+    (["--outputs", "points"], "cannot write points: no camera has --depth-topics"),
+])
+def test_bag_refuses_unusable_depth_settings_before_loading_a_model(tmp_path, capsys, extra,
+                                                                     message):
+    recording = tmp_path / "rgbd.mcap"
+    write_rgbd_recording(recording)
+    code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
+                     "--topics", COLOUR, *extra])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bag_writes_vision_msgs_where_importable_and_says_why_not_elsewhere(tmp_path, capsys):
+    from fcclip_ros.ros.spatial_outputs import vision_msgs
+
+    recording = tmp_path / "rgbd.mcap"
+    write_rgbd_recording(recording)
+    code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
+                     "--cache-dir", str(tmp_path), *RGBD_ARGS, "--outputs", "segments",
+                     "detections", "detections_3d"])
+    captured = capsys.readouterr()
+    if vision_msgs is None:
+        assert code == 2
+        assert "cannot write detections, detections_3d: vision_msgs is not importable" in (
+            captured.err)
+        return
+    assert code == 0, captured.err
+    result_path = tmp_path / "out" / "out_0.mcap"
+    segments = decoded(result_path, "/rgbd/color/segmentation/segments")
+    detections = decoded(result_path, "/rgbd/color/segmentation/detections")
+    detections_3d = decoded(result_path, "/rgbd/color/segmentation/detections_3d")
+    assert [len(m.msg.detections) for m in detections] == [len(m.msg.segments) for m in segments]
+    assert [m.log_time for m in detections_3d] == [m.log_time for m in segments[:3]]
+    for frame, found in zip(segments, detections, strict=True):
+        assert [d.id for d in found.msg.detections] == [str(s.id) for s in frame.msg.segments]
+        assert [d.results[0].hypothesis.class_id for d in found.msg.detections] == [
+            s.label for s in frame.msg.segments]
+    (label_info,) = decoded(result_path, "/rgbd/color/segmentation/label_info")
+    assert [c.class_name for c in label_info.msg.class_map][-1] == "unlabeled"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
-from fcclip_ros.ros.pairing import DepthBuffer
+from fcclip_ros.ros.pairing import DepthBuffer, RecordedDepth
 
 MS = 1_000_000  # nanoseconds
 
@@ -74,3 +74,29 @@ def test_the_buffer_is_bounded_and_stop_ends_a_wait():
     assert time.monotonic() - start < 1.0
     depth.start()
     assert depth.match(90 * MS, time.monotonic()) is None  # start() begins from fresh frames
+
+
+def test_recorded_depth_pairs_the_same_stamp_whether_logged_before_or_after_the_colour():
+    pairing = RecordedDepth(max_delay_s=0.05)
+    pairing.add_depth(1_000, "depth of 1000")
+    pairing.add_colour(1, 1_000, log_time=10)
+    assert pairing.decided(1, log_time_now=10)
+    pairing.add_colour(2, 2_000, log_time=20)
+    assert not pairing.decided(2, log_time_now=20)  # its depth may still come
+    pairing.add_depth(2_000, "depth of 2000")
+    assert pairing.decided(2, log_time_now=21)
+    assert (pairing.take(1), pairing.take(2)) == ("depth of 1000", "depth of 2000")
+
+
+def test_recorded_depth_takes_the_nearest_within_the_delay_and_gives_up_after_the_horizon():
+    pairing = RecordedDepth(max_delay_s=0.05, horizon_ns=500 * MS)
+    pairing.add_colour(1, 100 * MS, log_time=100 * MS)
+    pairing.add_depth(70 * MS, "30 ms early")
+    assert not pairing.decided(1, log_time_now=101 * MS)
+    pairing.add_depth(120 * MS, "20 ms late")  # nearer, and covers the colour stamp
+    assert pairing.decided(1, log_time_now=121 * MS)
+    assert pairing.take(1) == "20 ms late"
+    pairing.add_colour(2, 400 * MS, log_time=400 * MS)
+    assert not pairing.decided(2, log_time_now=900 * MS)
+    assert pairing.decided(2, log_time_now=901 * MS)
+    assert pairing.take(2) is None  # nothing within 50 ms

@@ -45,19 +45,13 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from fcclip_ros.engine import Engine, EngineError, resolve_device
-from fcclip_ros.geometry import (
-    DepthError,
-    DepthFrame,
-    Intrinsics,
-    check_registered,
-    depth_from_message,
-)
+from fcclip_ros.geometry import DepthError, DepthFrame, registered_depth
 from fcclip_ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
 from fcclip_ros.msg import QueryResult
 from fcclip_ros.ros import parameters
 from fcclip_ros.ros.diagnostics import CameraStats, camera_status, dds_transport, engine_status
 from fcclip_ros.ros.outputs import CameraOutputs, vocabulary_message
-from fcclip_ros.ros.pairing import DepthBuffer
+from fcclip_ros.ros.pairing import DepthBuffer, header_stamp_ns
 from fcclip_ros.ros.parameters import ConfigurationError
 from fcclip_ros.ros.scheduling import FrameScheduler
 from fcclip_ros.ros.spatial_outputs import VISION_OUTPUTS, vision_msgs
@@ -84,10 +78,6 @@ class LatestEmbeddings:
     header: Any
     segment_ids: list[int]
     embeddings: np.ndarray  # (len(segment_ids), D)
-
-
-def stamp_ns(header: Any) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
 
 
 class Camera:
@@ -208,7 +198,8 @@ class SegmenterNode(LifecycleNode):
                 camera.subscriptions += [
                     self.create_subscription(
                         Image, camera.depth_topic,
-                        lambda msg, camera=camera: camera.depth.put(stamp_ns(msg.header), msg),
+                        lambda msg, camera=camera: camera.depth.put(
+                            header_stamp_ns(msg.header), msg),
                         CAMERA_QOS, callback_group=self._image_group,
                     ),
                     self.create_subscription(
@@ -547,19 +538,13 @@ class SegmenterNode(LifecycleNode):
         topic, no depth in time, or a depth / CameraInfo that cannot work (logged, counted)."""
         if camera.depth is None:
             return None
-        msg = camera.depth.match(stamp_ns(header), arrival + camera.depth.max_delay_ns / 1e9)
+        msg = camera.depth.match(header_stamp_ns(header), arrival + camera.depth.max_delay_ns / 1e9)
         if msg is None:
             camera.depth_counts["frames_without_depth"] += 1
             return None
-        height, width = shape[:2]
         try:
-            info = camera.camera_info
-            if info is None:
-                raise DepthError(f"no CameraInfo received on {camera.info_topic} yet")
-            intrinsics = Intrinsics.from_camera_info(info.width, info.height, info.k, info.p)
-            intrinsics.check_image(width, height)
-            check_registered((msg.height, msg.width), (height, width))  # before decoding
-            metres = depth_from_message(msg, self.engine.config.max_input_pixels)
+            depth = registered_depth(msg, camera.camera_info, shape,
+                                     self.engine.config.max_input_pixels, camera.info_topic)
         except (DepthError, ImageConversionError) as error:
             camera.depth_counts["frames_depth_refused"] += 1
             # Each camera's reason is logged when it changes, and at most every LOG_THROTTLE_S.
@@ -571,7 +556,7 @@ class SegmenterNode(LifecycleNode):
                 )
             return None
         camera.depth_counts["frames_3d"] += 1
-        return DepthFrame(metres, intrinsics)
+        return depth
 
     def _count_output(self, camera: Camera, header: Any, inference_s: float) -> None:
         camera.stats.processed += 1

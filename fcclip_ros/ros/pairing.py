@@ -17,6 +17,11 @@ from collections import deque
 from typing import Any
 
 
+def header_stamp_ns(header: Any) -> int:
+    """A std_msgs/Header's stamp in nanoseconds: the key colour and depth are paired by."""
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
 class DepthBuffer:
     """The recent depth frames of one camera, by header stamp (nanoseconds)."""
 
@@ -65,3 +70,44 @@ class DepthBuffer:
         with self._arrived:
             self._stopped = False
             self._frames.clear()
+
+
+class RecordedDepth:
+    """Pairs colour and depth frames of a recording read in log-time order: the same choice as
+    DepthBuffer (same stamp, else the nearest within `max_delay_s`), decided without a clock. A
+    colour frame is decided once a depth frame stamped at or after it has been read, once the
+    recording has moved on by `horizon_ns` of log time, or at the end of the recording."""
+
+    def __init__(self, max_delay_s: float, capacity: int = 16,
+                 horizon_ns: int = 1_000_000_000) -> None:
+        self.max_delay_ns = round(max_delay_s * 1e9)
+        self.horizon_ns = horizon_ns
+        self._recent: deque[tuple[int, Any]] = deque(maxlen=capacity)
+        self._waiting: dict[int, list] = {}  # colour key -> [stamp, log time, best, gap, covered]
+
+    def add_depth(self, stamp_ns: int, frame: Any) -> None:
+        self._recent.append((stamp_ns, frame))
+        for waiting in self._waiting.values():
+            self._offer(waiting, stamp_ns, frame)
+
+    def add_colour(self, key: int, stamp_ns: int, log_time: int) -> None:
+        waiting = [stamp_ns, log_time, None, self.max_delay_ns + 1, False]
+        for stamp, frame in self._recent:
+            self._offer(waiting, stamp, frame)
+        self._waiting[key] = waiting
+
+    @staticmethod
+    def _offer(waiting: list, stamp_ns: int, frame: Any) -> None:
+        colour_stamp, _, _, best_gap, _ = waiting
+        gap = abs(stamp_ns - colour_stamp)
+        if gap < best_gap or (gap == best_gap and stamp_ns >= colour_stamp):
+            waiting[2], waiting[3] = frame, gap
+        waiting[4] = waiting[4] or stamp_ns >= colour_stamp
+
+    def decided(self, key: int, log_time_now: int) -> bool:
+        _, log_time, _, gap, covered = self._waiting[key]
+        return gap == 0 or covered or log_time_now - log_time > self.horizon_ns
+
+    def take(self, key: int) -> Any | None:
+        """The depth frame of a colour frame (None: none within max_delay_s); forgets it."""
+        return self._waiting.pop(key)[2]
