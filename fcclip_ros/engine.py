@@ -283,15 +283,22 @@ class Engine:
         except ExportError as error:
             raise EngineError(str(error)) from error
 
+    def network_input_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(Hp, Wp) the network sees for (H, W) camera images: resized, then padded."""
+        try:
+            return padded_input_size(*image_size, self.config.input_short_side,
+                                     self.config.max_long_side)
+        except ValueError as error:
+            raise EngineError(f"image size {image_size}: {error}") from error
+
     def prepare_backend(self, image_size: tuple[int, int]) -> Path | None:
         """Build or load now the exported network for (H, W) camera images, rather than on the
         first frame of that size; returns the artifact's folder (None for backend torch)."""
         if self.exported is None:
             return None
-        size = padded_input_size(*image_size, self.config.input_short_side,
-                                 self.config.max_long_side)
         try:
-            return self.exported.prepare(size, self.vocabulary.current.classifier)
+            return self.exported.prepare(self.network_input_size(image_size),
+                                         self.vocabulary.current.classifier)
         except ExportError as error:
             raise EngineError(str(error)) from error
 
@@ -368,7 +375,7 @@ class Engine:
         except ValueError as error:
             raise EngineError(f"unusable image: {error}") from error
         with self._run_lock, torch.inference_mode():
-            outputs = self._forward(batch.tensor, state.classifier, any(with_embeddings))
+            outputs = self.forward(batch.tensor, state.classifier, any(with_embeddings))
             mask_logits, class_logits = outputs[0].float(), outputs[1].float()
             is_thing = self._thing_flags(state)
             padded_size = tuple(batch.tensor.shape[-2:])
@@ -391,8 +398,10 @@ class Engine:
                 results.append(result)
         return results
 
-    def _forward(self, images: torch.Tensor, classifier: TextClassifier,
+    def forward(self, images: torch.Tensor, classifier: TextClassifier,
                  with_region_embeddings: bool) -> tuple[torch.Tensor, ...]:
+        """The configured backend's network forward (FCCLIP.forward's outputs) on a prepared
+        batch: the one step the backends change. Call it under torch.inference_mode()."""
         if self.exported is not None:
             try:
                 return self.exported(images, classifier, with_region_embeddings)
