@@ -241,15 +241,20 @@ def declare(node: Node) -> None:
         node.get_parameter("vocabulary")
     except ParameterUninitializedException:  # an empty list has no type until given one
         node.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, [])])
-    try:
-        node.get_parameter("onnxruntime_providers")
-    except ParameterUninitializedException:
-        node.set_parameters([Parameter("onnxruntime_providers", Parameter.Type.STRING_ARRAY, [])])
+
 
 
 def values(node: Node) -> dict[str, Any]:
-    """Every parameter's current value."""
-    return {spec.name: node.get_parameter(spec.name).value for spec in PARAMETERS}
+    """Every parameter's current value; a read-only array left unset (it cannot be set after
+    declaration to give it a type) is empty."""
+    return {spec.name: _value(node, spec) for spec in PARAMETERS}
+
+
+def _value(node: Node, spec: ParameterSpec) -> Any:
+    try:
+        return node.get_parameter(spec.name).value
+    except ParameterUninitializedException:
+        return []
 
 
 def check(values: Mapping[str, Any]) -> None:
