@@ -95,7 +95,8 @@ def measure(model: str, repeats: int, short_side: int, cache_dir: str) -> None:
     forward = {name: statistics.median(times) for name, times in forward_times.items()}
     total = {name: statistics.median(times) for name, times in total_times.items()}
     height, width = engines[reference][0].network_input_size(image.shape[:2])
-    print(f"\n{model}, 640x480 photo, network input {width}x{height}, median of {repeats}")
+    print(f"\n{model}, 640x480 photo, network input {height}x{width} (HxW), "
+          f"median of {repeats}")
     print("| variant | build + export s | forward s | x vs torch | end to end s | x vs torch | "
           "class argmax % | mask sign % | class logits max diff | labels % | ids % | segments |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
