@@ -3,7 +3,9 @@
 It owns the network, the vocabulary in force and the thresholds; the ROS node and the CLI are thin
 layers over `Engine.segment` / `Engine.segment_batch`. On request a result carries each segment's
 CLIP embedding; `Engine.encode_texts` and `rank_segments` then answer text queries about it
-without running the network again.
+without running the network again. The network forward runs in eager PyTorch or, with
+`backend`, on an exported artifact in ONNX Runtime or OpenVINO (fcclip_ros.backends); everything
+around it is shared.
 """
 
 from __future__ import annotations
@@ -399,7 +401,7 @@ class Engine:
         return results
 
     def forward(self, images: torch.Tensor, classifier: TextClassifier,
-                 with_region_embeddings: bool) -> tuple[torch.Tensor, ...]:
+                with_region_embeddings: bool) -> tuple[torch.Tensor, ...]:
         """The configured backend's network forward (FCCLIP.forward's outputs) on a prepared
         batch: the one step the backends change. Call it under torch.inference_mode()."""
         if self.exported is not None:
