@@ -159,7 +159,8 @@ def _export_onnx(model: FCCLIP, classifier: TextClassifier, size: tuple[int, int
 def export_artifact(model: FCCLIP, classifier: TextClassifier, key: ArtifactKey,
                     directory: Path) -> Path:
     """Write the artifact `key` describes for `model` into `directory` (replaced as a whole,
-    only once complete). `classifier` is any vocabulary: it only gives the traced inputs."""
+    only once complete; a folder holding anything but an artifact is refused, never deleted).
+    `classifier` is any vocabulary: it only gives the traced inputs."""
     if key.format not in FORMATS:
         raise ExportError(f"format {key.format!r}: use one of {', '.join(FORMATS)}")
     height, width = key.input_size
@@ -167,6 +168,9 @@ def export_artifact(model: FCCLIP, classifier: TextClassifier, key: ArtifactKey,
         raise ExportError(f"input size {height}x{width}: both sides must be positive multiples "
                           "of 32 (the padded network input)")
     directory = Path(directory)
+    if directory.exists() and any(directory.iterdir()) and not (directory / SIDECAR_NAME).exists():
+        raise ExportError(f"{directory} exists and is not an export artifact (no {SIDECAR_NAME}); "
+                          "give a new or empty folder")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     staging.chmod(0o755)

@@ -68,3 +68,13 @@ def test_export_without_openvino_names_the_package(tmp_path, capsys, monkeypatch
                      "--out", str(tmp_path / "artifact")]) == 1
     assert "pip install openvino" in capsys.readouterr().err
     assert not (tmp_path / "artifact").exists()
+
+
+def test_export_never_replaces_a_folder_that_is_not_an_artifact(tmp_path, capsys):
+    out = tmp_path / "models"
+    out.mkdir()
+    (out / "precious.pth").write_bytes(b"weights of another project")
+    assert cli.main(["export", *TINY, "--size", "480x640", "--format", "onnx",
+                     "--out", str(out)]) == 1
+    assert "is not an export artifact" in capsys.readouterr().err
+    assert (out / "precious.pth").read_bytes() == b"weights of another project"
