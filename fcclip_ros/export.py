@@ -244,6 +244,7 @@ def ensure_artifact(model: FCCLIP, classifier: TextClassifier, key: ArtifactKey,
         return directory
     if directory.exists():
         logger.warning("rebuilding the %s artifact in %s: %s", key.format, directory, reason)
+        shutil.rmtree(directory)  # named by its key inside the cache: nothing else lives there
     logger.info("exporting %s at %dx%d to %s (once per input size; this takes a while)",
                 key.model, *key.input_size, key.format)
     export_artifact(model, classifier, key, directory)

@@ -130,11 +130,17 @@ def test_an_artifact_for_another_input_size_is_rebuilt_saying_so(tiny_cache, pho
     assert "input_size = [192, 256]" in warning and "[160, 224]" in warning
 
 
-def test_a_corrupt_network_file_is_rebuilt_saying_so(tiny_cache, photos, caplog):
+@pytest.mark.parametrize("damage, reason", [("truncated network", "does not match the checksum"),
+                                            ("lost sidecar", "does not exist")])
+def test_a_corrupt_artifact_is_rebuilt_saying_so(tiny_cache, photos, caplog, damage, reason):
     config, root, expected = tiny_cache
-    network = only_artifact(root) / "network.onnx"
-    network.write_bytes(network.read_bytes()[:1000])
-    assert "does not match the checksum" in rebuilt_and_used(config, photos[0], expected, caplog)
+    directory = only_artifact(root)
+    if damage == "truncated network":
+        network = directory / "network.onnx"
+        network.write_bytes(network.read_bytes()[:1000])
+    else:
+        (directory / SIDECAR_NAME).unlink()
+    assert reason in rebuilt_and_used(config, photos[0], expected, caplog)
 
 
 @pytest.mark.parametrize("damage, reason", [
