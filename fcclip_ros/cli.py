@@ -36,6 +36,24 @@ def _split_vocabulary(text: str) -> tuple[str, ...]:
     return tuple(entry.strip() for entry in text.split(";"))
 
 
+def _split_providers(text: str) -> tuple[str, ...]:
+    """ "CUDAExecutionProvider,CPUExecutionProvider" -> a tuple, in order of preference."""
+    return tuple(name.strip() for name in text.split(",") if name.strip())
+
+
+def _add_backend_arguments(parser: argparse.ArgumentParser) -> None:
+    from fcclip_ros.backends import BACKENDS
+
+    parser.add_argument("--backend", default="torch", choices=BACKENDS,
+                        help="network forward: torch (eager PyTorch), openvino (CPU; needs pip "
+                        "package openvino) or onnxruntime (needs onnxruntime); the exported "
+                        "network is built once per input size under <cache-dir>/exported/")
+    parser.add_argument("--onnxruntime-providers", type=_split_providers, default=(),
+                        help="comma-separated ONNX Runtime execution providers in order of "
+                        "preference, e.g. TensorrtExecutionProvider,CUDAExecutionProvider,"
+                        "CPUExecutionProvider (default: CPU, or CUDA then CPU on a CUDA device)")
+
+
 def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
@@ -95,7 +113,9 @@ def _add_engine_arguments(parser: argparse.ArgumentParser, inputs: str) -> None:
                         help="cap on the long side after resizing (default %(default)s)")
     parser.add_argument("--device", default=defaults.device, help="auto, cpu, cuda or cuda:N")
     parser.add_argument("--precision", default=defaults.precision, choices=PRECISIONS,
-                        help="auto: fp16 on CUDA, fp32 on CPU")
+                        help="auto: fp16 on CUDA, fp32 on CPU (and fp32 for the exported "
+                        "backends); bf16 with --backend openvino uses the CPU's native bf16")
+    _add_backend_arguments(parser)
     parser.add_argument("--object-mask-threshold", type=float,
                         default=defaults.object_mask_threshold)
     parser.add_argument("--overlap-threshold", type=float, default=defaults.overlap_threshold)
@@ -117,6 +137,7 @@ def _engine_config(args: argparse.Namespace) -> EngineConfig:
         overlap_threshold=args.overlap_threshold, cache_dir=args.cache_dir,
         vocabulary=args.vocabulary or (), vocabulary_preset=args.preset,
         max_input_pixels=args.max_input_pixels,
+        backend=args.backend, onnxruntime_providers=args.onnxruntime_providers,
     )
 
 
@@ -408,6 +429,76 @@ def _download(args: argparse.Namespace) -> int:
     return 0
 
 
+def _image_size(text: str) -> tuple[int, int]:
+    """ "480x640" -> (480, 640)."""
+    try:
+        height, width = (int(side) for side in text.lower().split("x"))
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HEIGHTxWIDTH, e.g. 480x640") from error
+    if height <= 0 or width <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: both sides must be positive")
+    return height, width
+
+
+def _add_export_command(subparsers: argparse._SubParsersAction) -> None:
+    from fcclip_ros.engine import EngineConfig
+    from fcclip_ros.export import FORMATS
+    from fcclip_ros.model.config import VARIANTS
+
+    defaults = EngineConfig()
+    parser = subparsers.add_parser(
+        "export",
+        help="export the network to ONNX or OpenVINO for the onnxruntime / openvino backends",
+        description="Export FC-CLIP's network for camera images of one size: the text "
+        "classifier is a graph input with a dynamic number of rows, so vocabulary swaps need no "
+        "re-export. Writes the network and fcclip_export.json (model, weight fingerprint, "
+        "input size, exporter versions, file checksums). By default into the cache where the "
+        "engine looks (<cache-dir>/exported/), so a node started with the same settings and "
+        "backend finds it instead of exporting on its first frame.",
+    )
+    parser.add_argument("--model", default=defaults.model, choices=list(VARIANTS))
+    parser.add_argument("--weights", default=defaults.weights,
+                        help="FC-CLIP checkpoint: a path, 'auto' or 'random'")
+    parser.add_argument("--clip-weights", default=defaults.clip_weights,
+                        help="CLIP weights: 'auto', a path, or 'random'")
+    parser.add_argument("--size", required=True, type=_image_size, metavar="HxW",
+                        help="camera image size, e.g. 480x640; the network input is that size "
+                        "resized by --short-side / --max-long-side and padded to a multiple of 32")
+    parser.add_argument("--short-side", type=int, default=defaults.input_short_side)
+    parser.add_argument("--max-long-side", type=int, default=defaults.max_long_side)
+    parser.add_argument("--format", choices=FORMATS, default="openvino",
+                        help="onnx (for --backend onnxruntime) or openvino (default)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write the artifact into this folder instead of the cache")
+    parser.add_argument("--cache-dir", default=None, help="default ~/.cache/fcclip_ros")
+    parser.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from fcclip_ros.engine import Engine, EngineConfig, EngineError
+    from fcclip_ros.export import ExportError, export_artifact
+
+    backend = {"onnx": "onnxruntime", "openvino": "openvino"}[args.format]
+    config = EngineConfig(model=args.model, weights=args.weights, clip_weights=args.clip_weights,
+                          device="cpu", input_short_side=args.short_side,
+                          max_long_side=args.max_long_side, cache_dir=args.cache_dir,
+                          backend=backend)
+    try:
+        engine = Engine(config)
+        if args.out is None:
+            directory = engine.prepare_backend(args.size)
+        else:
+            key = engine.exported.key(engine.network_input_size(args.size))
+            directory = export_artifact(engine.model, engine.vocabulary.current.classifier, key,
+                                        args.out)
+    except (EngineError, ExportError) as error:
+        print(f"fcclip-ros export: {error}", file=sys.stderr)
+        return 1
+    print(f"{directory}: {args.model} for {args.size[0]}x{args.size[1]} images -> network input "
+          f"{'x'.join(map(str, engine.network_input_size(args.size)))}, {args.format}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from fcclip_ros.ros.commands import add_subcommands
 
@@ -420,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_segment_command(subparsers)
     _add_bag_command(subparsers)
     _add_download_command(subparsers)
+    _add_export_command(subparsers)
     return parser
 
 

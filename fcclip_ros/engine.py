@@ -3,7 +3,9 @@
 It owns the network, the vocabulary in force and the thresholds; the ROS node and the CLI are thin
 layers over `Engine.segment` / `Engine.segment_batch`. On request a result carries each segment's
 CLIP embedding; `Engine.encode_texts` and `rank_segments` then answer text queries about it
-without running the network again.
+without running the network again. The network forward runs in eager PyTorch or, with
+`backend`, on an exported artifact in ONNX Runtime or OpenVINO (fcclip_ros.backends); everything
+around it is shared.
 """
 
 from __future__ import annotations
@@ -20,9 +22,17 @@ import numpy as np
 import open_clip
 import torch
 
+from fcclip_ros.backends import (
+    BACKENDS,
+    ExportedNetwork,
+    OnnxRuntimeNetwork,
+    OpenVINONetwork,
+)
 from fcclip_ros.checkpoint import CheckpointError, load_fcclip_weights
 from fcclip_ros.download import checkpoint_path, default_cache_dir
+from fcclip_ros.export import ExportError, weights_fingerprint
 from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS, check_pixel_count
+from fcclip_ros.model.classification import TextClassifier
 from fcclip_ros.model.config import (
     CUSTOM_CLIP_ARCHITECTURES,
     VARIANTS,
@@ -37,7 +47,7 @@ from fcclip_ros.postprocess import (
     semantic_to_segmentation,
     to_segmentation,
 )
-from fcclip_ros.preprocess import prepare_batch
+from fcclip_ros.preprocess import padded_input_size, prepare_batch
 from fcclip_ros.result import Segmentation
 from fcclip_ros.text_embeddings import TextEmbedder, TextQueries
 from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary, VocabularyError, VocabularyState
@@ -77,6 +87,8 @@ class EngineConfig:
     vocabulary_preset: str = "coco"
     seed: int = 0  # for random weights
     max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS  # larger images are refused, not segmented
+    backend: str = "torch"  # network forward: torch | openvino | onnxruntime (fcclip_ros.backends)
+    onnxruntime_providers: tuple[str, ...] = ()  # in order of preference; () = CPU
 
 
 def resolve_device(name: str) -> torch.device:
@@ -122,6 +134,10 @@ def _check_config(config: EngineConfig) -> FCCLIPConfig:
     _check_thresholds(config.object_mask_threshold, config.overlap_threshold)
     if config.max_input_pixels <= 0:
         raise EngineError(f"max_input_pixels must be > 0, got {config.max_input_pixels}")
+    if config.backend not in BACKENDS:
+        raise EngineError(f"backend {config.backend!r}: use one of {', '.join(BACKENDS)}")
+    if config.backend == "openvino" and config.device not in (AUTO, "cpu"):
+        raise EngineError(f"backend openvino runs on the CPU; device {config.device!r} asked for")
     return VARIANTS[config.model]
 
 
@@ -194,7 +210,7 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         variant = _check_config(config)
-        self.device = resolve_device(config.device)
+        self.device = resolve_device("cpu" if config.backend == "openvino" else config.device)
         self.autocast_dtype = resolve_precision(config.precision, self.device)
         self.mode = config.mode
         self._thresholds = (config.object_mask_threshold, config.overlap_threshold)
@@ -218,6 +234,9 @@ class Engine:
         self._run_lock = threading.Lock()  # one forward at a time; swaps never take it
         self._interrupted = threading.Event()
         _add_stop_points(self.model, self._interrupted)
+        self.exported: ExportedNetwork | None = None  # the network forward of other backends
+        if config.backend != "torch":
+            self.exported = self._exported_network(config)
 
         cache_dir = Path(config.cache_dir or default_cache_dir()) / "text_embeddings"
         name = variant.clip_model_name
@@ -239,11 +258,59 @@ class Engine:
         self.vocabulary = ActiveVocabulary(self.text_embedder, initial)
         self._is_thing: tuple[int, torch.Tensor] | None = None  # (version, flags on device)
 
+    def _exported_network(self, config: EngineConfig) -> ExportedNetwork:
+        """The ONNX Runtime / OpenVINO forward; artifacts come from <cache_dir>/exported/."""
+        precision = config.precision
+        if precision == AUTO:
+            precision = "fp32"  # the exported graphs are fp32; bf16 only when asked for
+        common = dict(model=self.model, model_name=config.model,
+                      fingerprint=weights_fingerprint(self.model),
+                      cache_root=Path(config.cache_dir or default_cache_dir()) / "exported",
+                      stop_point=lambda: _stop_point(self._interrupted))
+        try:
+            if config.backend == "openvino":
+                network = OpenVINONetwork(**common, precision=precision,
+                                          threads=torch.get_num_threads())
+                logger.info("backend openvino: CPU, %s", "bf16 (native on this CPU)"
+                            if precision == "bf16" else "f32")
+                return network
+            if precision != "fp32":
+                raise EngineError(f"backend onnxruntime runs the fp32 graph; precision "
+                                  f"{config.precision} is not offered (use auto or fp32)")
+            providers = config.onnxruntime_providers or (
+                ("CUDAExecutionProvider", "CPUExecutionProvider") if self.device.type == "cuda"
+                else ())
+            return OnnxRuntimeNetwork(**common, providers=providers,
+                                      threads=torch.get_num_threads())
+        except ExportError as error:
+            raise EngineError(str(error)) from error
+
+    def network_input_size(self, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(Hp, Wp) the network sees for (H, W) camera images: resized, then padded."""
+        try:
+            return padded_input_size(*image_size, self.config.input_short_side,
+                                     self.config.max_long_side)
+        except ValueError as error:
+            raise EngineError(f"image size {image_size}: {error}") from error
+
+    def prepare_backend(self, image_size: tuple[int, int]) -> Path | None:
+        """Build or load now the exported network for (H, W) camera images, rather than on the
+        first frame of that size; returns the artifact's folder (None for backend torch)."""
+        if self.exported is None:
+            return None
+        try:
+            return self.exported.prepare(self.network_input_size(image_size),
+                                         self.vocabulary.current.classifier)
+        except ExportError as error:
+            raise EngineError(str(error)) from error
+
     def interrupt(self) -> None:
         """Stop the frame in flight at the next network block or post-processed image, and
         refuse later ones (EngineInterruptedError) until resume(): a prompt stop whatever the
         model's speed."""
         self._interrupted.set()
+        if self.exported is not None:
+            self.exported.cancel()
 
     def resume(self) -> None:
         """Segment again after interrupt()."""
@@ -310,11 +377,7 @@ class Engine:
         except ValueError as error:
             raise EngineError(f"unusable image: {error}") from error
         with self._run_lock, torch.inference_mode():
-            autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
-                        if self.autocast_dtype is not None else contextlib.nullcontext())
-            with autocast:
-                outputs = self.model(batch.tensor, state.classifier,
-                                     with_region_embeddings=any(with_embeddings))
+            outputs = self.forward(batch.tensor, state.classifier, any(with_embeddings))
             mask_logits, class_logits = outputs[0].float(), outputs[1].float()
             is_thing = self._thing_flags(state)
             padded_size = tuple(batch.tensor.shape[-2:])
@@ -336,6 +399,20 @@ class Engine:
                 result.vocabulary_version = state.version
                 results.append(result)
         return results
+
+    def forward(self, images: torch.Tensor, classifier: TextClassifier,
+                with_region_embeddings: bool) -> tuple[torch.Tensor, ...]:
+        """The configured backend's network forward (FCCLIP.forward's outputs) on a prepared
+        batch: the one step the backends change. Call it under torch.inference_mode()."""
+        if self.exported is not None:
+            try:
+                return self.exported(images, classifier, with_region_embeddings)
+            except ExportError as error:
+                raise EngineError(str(error)) from error
+        autocast = (torch.autocast(self.device.type, dtype=self.autocast_dtype)
+                    if self.autocast_dtype is not None else contextlib.nullcontext())
+        with autocast:
+            return self.model(images, classifier, with_region_embeddings=with_region_embeddings)
 
     def _thing_flags(self, state: VocabularyState) -> torch.Tensor:
         cached = self._is_thing

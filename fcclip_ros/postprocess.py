@@ -23,12 +23,13 @@ the official 800 / 1333) whatever the camera:
     semantic:  4*k*Hp*Wp + (4*k + 60)*H*W + 4*Q*H*W    independent of C
 
 4*k*Hp*Wp is one chunk upsampled to the padded input; 4*k*H*W the chunk at full size (turned
-into probabilities, then weighted, in place), or one band of class scores (C x rows x W
-floats: at most k*H*W, or C*W when C > k*H); 60*H*W the per-pixel winner and its bookkeeping,
-the label, id and confidence maps and their box reductions. Semantic inference also keeps every
-query's sigmoid at full size, 4*Q*H*W (0.3 GB for VGA with Q = 250): each pixel's class scores
-sum over all queries, and computing them from anything smaller would change their rounding and
-with it the argmax. bench/bench_memory.py measures these figures against the formula.
+into probabilities, then weighted, in place), or one band of class scores (C x rows x cols
+floats, at most k*H*W: whole rows, or parts of a row with over k*H classes); 60*H*W the
+per-pixel winner and its bookkeeping, the label, id and confidence maps and their box
+reductions. Semantic inference also keeps every query's sigmoid at full size, 4*Q*H*W (0.3 GB
+for VGA with Q = 250): each pixel's class scores sum over all queries, and computing them from
+anything smaller would change their rounding and with it the argmax. bench/bench_memory.py
+measures these figures against the formula.
 
 Segment embeddings (only when the caller passes the queries' region embeddings, the (Q, D)
 vectors FC-CLIP's out-of-vocabulary branch classified): one L2-normalised row per segment, the
@@ -42,6 +43,7 @@ within the chunk_size x H x W floats of the bound above (semantic).
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -145,11 +147,11 @@ def semantic_inference(
     """Argmax class and its share of the official scores sum_q P(class) x sigmoid(mask_q).
 
     The void probability is dropped without renormalising, as in the official code. The (C, H, W)
-    scores exist for a band of rows at a time (at most chunk_size x H x W floats, or C x W);
-    each band comes from the same matrix product as the full tensor, so scores and argmax are
-    the official ones, while the band's sum over classes may round differently (relative 1e-6).
-    With the queries' (Q, D) `region_embeddings`, each present class also gets an embedding
-    (module docstring).
+    scores exist for a band of rows (or part of a row) at a time, at most chunk_size x H x W
+    floats; each band comes from the same matrix product as the full tensor, so scores and
+    argmax are the official ones, while the band's sum over classes may round differently
+    (relative 1e-6). With the queries' (Q, D) `region_embeddings`, each present class also gets
+    an embedding (module docstring).
     """
     class_probs = F.softmax(class_logits, dim=-1)[:, :-1]  # (Q, C)
     num_queries, num_classes = class_probs.shape
@@ -165,12 +167,14 @@ def semantic_inference(
     labels = torch.empty(height, width, dtype=torch.long, device=device)
     best = torch.empty(height, width, device=device)
     total = torch.empty(height, width, device=device)
-    rows = max(1, masks.chunk_size * height // num_classes)  # C x rows x W <= chunk x H x W
-    for top in range(0, height, rows):
-        band = slice(top, top + rows)
-        scores = torch.einsum("qc,qhw->chw", class_probs, probs[:, band])  # (C, rows, W)
-        torch.max(scores, 0, out=(best[band], labels[band]))
-        torch.sum(scores, 0, dtype=torch.float32, out=total[band])
+    # C x rows x cols <= chunk x H x W: whole rows while C <= chunk x H, else parts of one row.
+    rows = max(1, masks.chunk_size * height // num_classes)
+    cols = min(width, max(1, masks.chunk_size * height * width // (num_classes * rows)))
+    for top, left in itertools.product(range(0, height, rows), range(0, width, cols)):
+        band = (slice(top, top + rows), slice(left, left + cols))
+        scores = torch.einsum("qc,qhw->chw", class_probs, probs[:, band[0], band[1]])
+        best[band], labels[band] = torch.max(scores, 0)
+        total[band] = torch.sum(scores, 0, dtype=torch.float32)
         del scores  # freed before the next band is computed
     confidence = best / total.clamp_min(torch.finfo(torch.float32).tiny)
     embeddings = None

@@ -70,6 +70,14 @@ def resized_size(height: int, width: int, short_side: int, max_long_side: int) -
     return max(int(new_h + 0.5), 1), max(int(new_w + 0.5), 1)
 
 
+def padded_input_size(height: int, width: int, short_side: int, max_long_side: int,
+                      size_divisibility: int = SIZE_DIVISIBILITY) -> tuple[int, int]:
+    """(Hp, Wp) of the network input for one (height, width) image: resized, then padded."""
+    stride = max(size_divisibility, 1)
+    resized = resized_size(height, width, short_side, max_long_side)
+    return tuple(-(-side // stride) * stride for side in resized)
+
+
 def resize_image(image_rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize a uint8 (H, W, 3) image to `size` (h, w) with PIL bilinear, as detectron2 does.
 

@@ -104,6 +104,7 @@ def test_segment_skips_an_image_over_the_pixel_limit_without_decoding_it(tmp_pat
 
 
 def test_segment_choices_are_the_cores_lists():
+    from fcclip_ros.backends import BACKENDS
     from fcclip_ros.engine import MODES, PRECISIONS
     from fcclip_ros.model.config import VARIANTS
     from fcclip_ros.vocabulary import PRESETS
@@ -112,7 +113,7 @@ def test_segment_choices_are_the_cores_lists():
     segment = subcommands.choices["segment"]
     choices = {a.dest: list(a.choices) for a in segment._actions if a.choices}
     assert choices == {"model": list(VARIANTS), "preset": list(PRESETS), "mode": list(MODES),
-                       "precision": list(PRECISIONS)}
+                       "precision": list(PRECISIONS), "backend": list(BACKENDS)}
 
 
 def test_segment_reports_a_missing_checkpoint_clearly(tmp_path, capsys):

@@ -490,7 +490,9 @@ def test_chunked_panoptic_ranks_nan_like_the_previous_implementation():
 
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("geometry", EXACT)
-@pytest.mark.parametrize(("num_classes", "chunk_size"), [(5, 8), (300, 8), (300, 1), (5, 100)])
+# (300, 1) and (5000, 8): more classes than chunk_size x rows, so bands are parts of one row.
+@pytest.mark.parametrize(("num_classes", "chunk_size"),
+                         [(5, 8), (300, 8), (300, 1), (5000, 8), (5, 100)])
 def test_banded_semantic_equals_the_previous_implementation(
     seed, geometry, num_classes, chunk_size
 ):
@@ -560,6 +562,15 @@ def test_post_processing_memory_does_not_grow_with_queries_or_classes():
     masks = QueryMasks(logits, *geometry[1:])
     semantic = peak_rss_growth(lambda: semantic_inference(class_logits, masks))
     assert semantic < 100e6  # 20 sigmoid maps (25 MB) and bands of scores
+
+
+def test_semantic_memory_stays_bounded_with_tens_of_thousands_of_classes():
+    # One row of scores for 60000 classes would be 154 MB at 640 pixels wide; a band is at most
+    # chunk_size x H x W = 9.8 MB, beside 20 sigmoid maps (25 MB) and the maps (18 MB).
+    geometry = ((30, 40), (120, 160), (120, 160), (480, 640))
+    class_logits, logits = stride4_outputs(0, 20, geometry[0], num_classes=60000)
+    masks = QueryMasks(logits, *geometry[1:])
+    assert peak_rss_growth(lambda: semantic_inference(class_logits, masks)) < 90e6
 
 
 def region_embeddings(seed: int, num_queries: int, dim: int = 8) -> torch.Tensor:

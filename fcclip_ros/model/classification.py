@@ -21,7 +21,9 @@ class TextClassifier:
 
     @property
     def num_classes(self) -> int:
-        return int(self.seen.shape[0])
+        # The shape entry itself, not int() of it: an exporter tracing a dynamic class count
+        # would otherwise bake the traced vocabulary's size into the graph.
+        return self.seen.shape[0]
 
     def to(self, device: torch.device | str) -> TextClassifier:
         return TextClassifier(

@@ -16,6 +16,7 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from fcclip_ros.backends import BACKENDS
 from fcclip_ros.engine import MODES, PRECISIONS, EngineConfig
 from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS
 from fcclip_ros.model.config import VARIANTS
@@ -137,6 +138,23 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
         "Inference precision; auto is fp16 on CUDA where the official numerics allow, else fp32.",
         read_only=True,
         choices=PRECISIONS,
+    ),
+    ParameterSpec(
+        "backend",
+        "torch",
+        "Network forward: torch (eager PyTorch), openvino (CPU, pip package openvino) or"
+        " onnxruntime (pip package onnxruntime); the exported network is built once per input"
+        " size under cache_dir/exported/ (or ahead with fcclip-ros export).",
+        read_only=True,
+        choices=BACKENDS,
+    ),
+    ParameterSpec(
+        "onnxruntime_providers",
+        Parameter.Type.STRING_ARRAY,
+        "backend onnxruntime: execution providers in order of preference, e.g."
+        " [TensorrtExecutionProvider, CUDAExecutionProvider, CPUExecutionProvider]; empty: CPU,"
+        " or CUDA then CPU on a CUDA device.",
+        read_only=True,
     ),
     ParameterSpec(
         "mode",
@@ -321,6 +339,8 @@ def engine_config(values: Mapping[str, Any]) -> EngineConfig:
         cache_dir=values["cache_dir"] or None,
         vocabulary=entries,
         vocabulary_preset=values["vocabulary_preset"],
+        backend=values["backend"],
+        onnxruntime_providers=tuple(values["onnxruntime_providers"] or ()),
     )
 
 
