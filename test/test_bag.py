@@ -395,7 +395,7 @@ def write_rgbd_recording(path: Path, depth_shape: tuple[int, int] | None = None)
 
 
 def test_bag_with_depth_writes_segment_boxes_points_and_markers_like_the_node(tmp_path, capsys):
-    from test_node_3d import DEPTH, INTRINSICS, assert_boxes_match_back_projection, sent
+    from test_node_3d import DEPTH, assert_boxes_match_back_projection, cloud_pixels, sent
 
     recording = tmp_path / "rgbd.mcap"
     stamps = write_rgbd_recording(recording)
@@ -420,16 +420,8 @@ def test_bag_with_depth_writes_segment_boxes_points_and_markers_like_the_node(tm
     assert [m.log_time for m in points] == [m.log_time for m in segments[:3]]
     assert len(markers) == 4 and [m.action for m in markers[3].msg.markers] == [3]  # DELETEALL
 
-    cloud = points[0].msg
-    names = [field.name for field in cloud.fields]
-    assert names == ["x", "y", "z", "rgb", "label", "instance"]
-    dtype = np.dtype({"names": names, "offsets": [f.offset for f in cloud.fields],
-                      "formats": ["<f4", "<f4", "<f4", "<u4", "<u2", "<u2"],
-                      "itemsize": cloud.point_step})
-    array = np.frombuffer(bytes(cloud.data), dtype)
+    array, rows, cols = cloud_pixels(points[0].msg)
     assert array.size > 100
-    cols = np.round(array["x"] * INTRINSICS.fx / array["z"] + INTRINSICS.cx).astype(int)
-    rows = np.round(array["y"] * INTRINSICS.fy / array["z"] + INTRINSICS.cy).astype(int)
     assert np.all(rows % 3 == 0) and np.all(cols % 3 == 0)
     label_image = np.frombuffer(bytes(labels[0].msg.data), np.uint16).reshape(DEPTH.shape)
     np.testing.assert_array_equal(array["label"], label_image[rows, cols])

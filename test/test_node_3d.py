@@ -190,20 +190,27 @@ def test_segment_centres_agree_with_a_direct_back_projection_of_their_pixels(pee
                                               sent(DEPTH)) > 0
 
 
-def test_point_cloud_labels_equal_the_label_image_at_the_sampled_pixels(peer, rgbd):
-    outputs = rgbd()
-    _, frame = publish_rgbd(peer, outputs, ["labels", "instances", "points"], same_frame_depth)
-    cloud = frame["points"]
-    assert cloud.header.frame_id == FRAME and cloud.height == 1
+def cloud_pixels(cloud: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A PointCloud2 of our layout as a structured array, and the pixel (row, col) each point
+    projects back to through the camera's intrinsics."""
     names = [field.name for field in cloud.fields]
     assert names == ["x", "y", "z", "rgb", "label", "instance"]
     dtype = np.dtype({"names": names, "offsets": [f.offset for f in cloud.fields],
                       "formats": ["<f4", "<f4", "<f4", "<u4", "<u2", "<u2"],
                       "itemsize": cloud.point_step})
     points = np.frombuffer(bytes(cloud.data), dtype)
-    assert points.size == np.isfinite(sent(DEPTH)[::3, ::3]).sum()  # points_stride:=3
     cols = np.rint(points["x"] * INTRINSICS.fx / points["z"] + INTRINSICS.cx).astype(int)
     rows = np.rint(points["y"] * INTRINSICS.fy / points["z"] + INTRINSICS.cy).astype(int)
+    return points, rows, cols
+
+
+def test_point_cloud_labels_equal_the_label_image_at_the_sampled_pixels(peer, rgbd):
+    outputs = rgbd()
+    _, frame = publish_rgbd(peer, outputs, ["labels", "instances", "points"], same_frame_depth)
+    cloud = frame["points"]
+    assert cloud.header.frame_id == FRAME and cloud.height == 1
+    points, rows, cols = cloud_pixels(cloud)
+    assert points.size == np.isfinite(sent(DEPTH)[::3, ::3]).sum()  # points_stride:=3
     assert (rows % 3 == 0).all() and (cols % 3 == 0).all()
     labels, instances = decode(frame["labels"]), decode(frame["instances"])
     assert (points["label"] == labels[rows, cols]).all()
