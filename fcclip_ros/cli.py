@@ -316,11 +316,12 @@ def _add_bag_command(subparsers: argparse._SubParsersAction) -> None:
 def _bag_outputs(asked: list[str] | None, with_depth: bool) -> tuple[str, ...]:
     """The outputs asked for, or the default set for what this run has, in BAG_OUTPUTS order."""
     from fcclip_ros.ros.spatial_outputs import vision_msgs
-    from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, BAG_OUTPUTS, DEPTH_ONLY_OUTPUTS
+    from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, BAG_OUTPUTS, DEPTH_OUTPUTS
 
     if asked is None:
-        asked = [*BAG_DEFAULT_OUTPUTS, *(["detections", "detections_3d"] if vision_msgs else []),
-                 *(DEPTH_ONLY_OUTPUTS if with_depth else [])]
+        asked = [*BAG_DEFAULT_OUTPUTS, *(DEPTH_OUTPUTS if with_depth else ())]
+        if vision_msgs is not None:
+            asked += ["detections", "detections_3d"] if with_depth else ["detections"]
     return tuple(name for name in BAG_OUTPUTS if name in asked)
 
 

@@ -27,7 +27,9 @@ from fcclip_ros.engine import Engine, EngineConfig
 from fcclip_ros.image_conversion import compressed_to_rgb, image_to_rgb
 from fcclip_ros.ros.message_definitions import message_definition
 
-FCCLIP_ROS = str(Path(sys.executable).with_name("fcclip-ros"))
+# `fcclip-ros` as its console script runs it; also where the script is not beside the interpreter
+# (a colcon install puts it in install/bin)
+FCCLIP_ROS = [sys.executable, "-m", "fcclip_ros.cli"]
 VOCABULARY = "person; cat, kitten; cup, mug; box; wall [stuff]; floor [stuff]"
 SHORT_SIDE = 96
 ENGINE_ARGS = ["--model", "tiny", "--weights", "random", "--clip-weights", "random",
@@ -107,7 +109,7 @@ def stamp(msg: Any) -> tuple[int, int]:
 
 
 def run_bag(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([FCCLIP_ROS, "bag", *args], capture_output=True, text=True,
+    return subprocess.run([*FCCLIP_ROS, "bag", *args], capture_output=True, text=True,
                           timeout=timeout)
 
 
@@ -300,7 +302,7 @@ def test_interrupted_bag_is_readable_and_resume_completes_it_identically(tmp_pat
     whole = run_bag(*args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
 
-    process = subprocess.Popen([FCCLIP_ROS, "bag", *args, "--out", str(tmp_path / "cut")],
+    process = subprocess.Popen([*FCCLIP_ROS, "bag", *args, "--out", str(tmp_path / "cut")],
                                stderr=subprocess.PIPE, stdout=subprocess.PIPE)
     watcher = _StderrWatcher(process)
     assert watcher.wait_for(r"\b[1-9]\d*/15\b", timeout=120), watcher.text
@@ -485,3 +487,26 @@ def test_bag_writes_vision_msgs_where_importable_and_says_why_not_elsewhere(tmp_
             s.label for s in frame.msg.segments]
     (label_info,) = decoded(result_path, "/rgbd/color/segmentation/label_info")
     assert [c.class_name for c in label_info.msg.class_map][-1] == "unlabeled"
+
+
+def test_output_bag_writes_messages_rclpy_reads_back_equal_fixed_size_arrays_included(tmp_path):
+    """Fixed-size arrays (detections_3d's pose covariance) are numpy arrays in rclpy."""
+    from geometry_msgs.msg import PoseWithCovarianceStamped
+    from rclpy.serialization import deserialize_message
+
+    from fcclip_ros.ros.bag_files import OutputBag, read_progress
+
+    bag = OutputBag(tmp_path / "poses")
+    bag.add_output_topic("/pose", PoseWithCovarianceStamped)
+    msg = PoseWithCovarianceStamped()
+    msg.header.frame_id = "map"
+    msg.pose.pose.position.x = 1.5
+    msg.pose.covariance = np.arange(36, dtype=np.float64)
+    bag.publish("/pose", msg, log_time=5)
+    bag.close({"complete": "true"})
+    path = tmp_path / "poses" / "poses_0.mcap"
+    ((topic, log_time, _, data),) = raw_messages(path)
+    assert (topic, log_time) == ("/pose", 5)
+    assert deserialize_message(data, PoseWithCovarianceStamped) == msg
+    assert list(decoded(path, "/pose")[0].msg.pose.covariance) == list(range(36))
+    assert read_progress(path) == {"complete": "true"}

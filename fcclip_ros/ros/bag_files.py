@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 from mcap.exceptions import McapError
 from mcap.reader import make_reader
@@ -213,7 +214,7 @@ class OutputBag:
         """Serializes `msg` with its schema from the bag: the same message always gives the
         same bytes (rclpy's serializer leaves CDR padding bytes uninitialised)."""
         encode = self._encoders[self._topic_types[topic]]
-        self.write(topic, encode(msg), log_time, log_time)
+        self.write(topic, encode(_PlainArrays(msg)), log_time, log_time)
 
     def close(self, progress: dict[str, str]) -> None:
         """Finish the MCAP with its summary and the run's progress record, put it in place,
@@ -249,6 +250,29 @@ class OutputBag:
                        "duration": {"nanoseconds": duration},
                        "message_count": total}],
         }}
+
+
+class _PlainArrays:
+    """A message as mcap-ros2-support's encoder reads it: rclpy holds fixed-size numeric arrays
+    (a pose covariance, say) as numpy arrays, which that encoder does not take; here they are
+    lists. Nested messages are wrapped the same way."""
+
+    __slots__ = ("_msg",)
+
+    def __init__(self, msg: Any) -> None:
+        self._msg = msg
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._msg, name)
+        if isinstance(value, np.ndarray):
+            return value.tolist()
+        if isinstance(value, list):
+            return [_PlainArrays(item) if _is_message(item) else item for item in value]
+        return _PlainArrays(value) if _is_message(value) else value
+
+
+def _is_message(value: Any) -> bool:
+    return hasattr(type(value), "get_fields_and_field_types")
 
 
 def read_progress(path: Path) -> dict[str, str] | None:
