@@ -6,6 +6,7 @@ One run, one machine: a recording of real photos (640x480 rgb8 at --rate Hz) is 
 2. the real node (its own process, same model) is fed the same frames over DDS at the camera's
    rate, as `ros2 bag play` would, and this process counts the frames it answers: the node keeps
    only the newest frame, so a model slower than the camera skips frames.
+Both write the outputs the node computes for every frame (labels, instances, segments).
 
     .venv/bin/python bench/bench_bag.py [--model rn50] [--short-side 480] [--frames 30]
 """
@@ -55,7 +56,9 @@ def run_bag(recording: Path, out: Path, model: str, short_side: int) -> tuple[in
 
     config = EngineConfig(model=model, weights="random", clip_weights="random",
                           input_short_side=short_side)
-    job = BagJob(recording, out, BagOptions(), {"model": model})
+    # the outputs the node computes for every frame (overlay and confidence only on demand)
+    options = BagOptions(outputs=("labels", "instances", "segments"))
+    job = BagJob(recording, out, options, {"model": model})
     engine = Engine(config)
     start = time.perf_counter()
     report = job.run(engine)
@@ -103,12 +106,14 @@ def main() -> None:
     os.environ.setdefault("FASTDDS_BUILTIN_TRANSPORTS", "LARGE_DATA")
     print(f"# bag vs node: {args.model}, random weights, {args.frames} frames 640x480 rgb8 at "
           f"{args.rate:g} Hz ({args.frames / args.rate:g} s), short side {args.short_side}, "
-          f"{os.cpu_count()} CPU cores")
+          f"{os.cpu_count()} CPU cores; outputs labels, instances, segments", flush=True)
     with tempfile.TemporaryDirectory() as folder:
         recording = Path(folder) / "drive.mcap"
         write_recording(recording, args.frames, args.rate)
         bag_frames, bag_seconds = run_bag(recording, Path(folder) / "out", args.model,
                                           args.short_side)
+        print(f"  fcclip-ros bag : {bag_frames:3d} of {args.frames} frames segmented in "
+              f"{bag_seconds:6.1f} s -> {bag_frames / bag_seconds:5.2f} frames/s", flush=True)
         log = Path(folder) / "node.log"
         process = start_node(args.model, args.short_side, log)
         try:
@@ -117,8 +122,6 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=60)
-    print(f"  fcclip-ros bag : {bag_frames:3d} of {args.frames} frames segmented in "
-          f"{bag_seconds:6.1f} s -> {bag_frames / bag_seconds:5.2f} frames/s")
     print(f"  node at {args.rate:g} Hz : {answered:3d} of {sent} frames segmented in "
           f"{node_seconds:6.1f} s -> {answered / node_seconds:5.2f} frames/s, "
           f"{sent - answered} skipped")
