@@ -63,6 +63,9 @@ def artifacts(cache_dir: str) -> dict[str, float]:
 @pytest.mark.parametrize("model, short_side, mode", [
     ("tiny", 160, "panoptic"), ("tiny", 160, "semantic"), ("rn50", 224, "panoptic"),
     ("rn50", 224, "semantic"),
+    # Random ConvNeXt-L weights call every query void, so its panoptic maps are empty on every
+    # backend; the semantic maps (argmax over the classes per pixel) are the real comparison.
+    pytest.param("convnext_large", 224, "semantic", marks=pytest.mark.slow),
 ])
 def test_exported_backends_give_torchs_maps_also_after_a_vocabulary_swap_without_reexport(
         tmp_path_factory, photos, model, short_side, mode):
