@@ -377,9 +377,11 @@ class BagJob:
             pending.append(entry)
             if selected:
                 self._read_frame(entry)
+            done = self.report.frames_done
             if not self._write_ready(output, engine, pending, message.log_time, at_end=False):
                 break
-            on_frame(self.report.frames_done)
+            if self.report.frames_done != done:
+                on_frame(self.report.frames_done)
         else:
             if self._write_ready(output, engine, pending, 0, at_end=True):
                 on_frame(self.report.frames_done)
