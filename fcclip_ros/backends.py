@@ -18,6 +18,7 @@ import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from time import monotonic
 
 import numpy as np
 import torch
@@ -39,6 +40,9 @@ BACKENDS = ("torch", "openvino", "onnxruntime")
 FORMAT_OF_BACKEND = {"openvino": "openvino", "onnxruntime": "onnx"}
 RUNTIME_PACKAGE = {"openvino": "openvino", "onnxruntime": "onnxruntime"}
 OPENVINO_PRECISION = {"fp32": "f32", "bf16": "bf16"}
+# An export takes from seconds to minutes: a size whose export failed is not tried again on every
+# frame, only once this long has passed (the failure may have been a full disk).
+RETRY_FAILED_EXPORT_S = 300.0
 
 
 def openvino_supports_bf16() -> bool:
@@ -66,6 +70,7 @@ class ExportedNetwork(ABC):
         self._cache_root = Path(cache_root)
         self._stop_point = stop_point
         self._compiled: dict[tuple[int, int], object] = {}
+        self._failed: dict[tuple[int, int], tuple[str, float]] = {}  # size -> (reason, retry at)
         self._cancel_lock = threading.Lock()
         self._in_flight: object | None = None  # what cancel() stops
 
@@ -74,8 +79,29 @@ class ExportedNetwork(ABC):
                            FORMAT_OF_BACKEND[self.backend])
 
     def prepare(self, size: tuple[int, int], classifier: TextClassifier) -> Path:
-        """Build (or find) and load the artifact for a padded input size; returns its folder."""
-        directory = ensure_artifact(self._model, classifier, self.key(size), self._cache_root)
+        """Build (or find) and load the artifact for a padded input size; returns its folder.
+        A failure is remembered for RETRY_FAILED_EXPORT_S: until then the size is refused at
+        once with the same reason."""
+        size = tuple(size)
+        if size in self._failed:
+            reason, retry_at = self._failed[size]
+            if monotonic() < retry_at:
+                raise ExportError(f"{reason} (not tried again for {size[0]}x{size[1]} inputs "
+                                  f"for another {retry_at - monotonic():.0f} s)")
+        try:
+            directory = self._build_and_load(size, classifier)
+        except ExportError as error:
+            self._failed[size] = (str(error), monotonic() + RETRY_FAILED_EXPORT_S)
+            raise
+        self._failed.pop(size, None)
+        return directory
+
+    def _build_and_load(self, size: tuple[int, int], classifier: TextClassifier) -> Path:
+        try:
+            directory = ensure_artifact(self._model, classifier, self.key(size), self._cache_root)
+        except OSError as error:  # an unwritable or full cache
+            raise ExportError(f"cannot write the {self.backend} artifact for {size[0]}x{size[1]} "
+                              f"inputs under {self._cache_root}: {error}") from error
         if size not in self._compiled:
             try:
                 self._compiled[size] = self._load(directory)

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 import skimage.data
 
+from fcclip_ros import backends
 from fcclip_ros.engine import Engine, EngineConfig, EngineError, EngineInterruptedError
 from fcclip_ros.export import SIDECAR_NAME, ArtifactKey, check_artifact
 from fcclip_ros.preprocess import resize_image
@@ -251,3 +252,26 @@ def test_export_copies_keep_working_from_another_cache(tiny_cache, tmp_path, pho
     assert_same_maps(Engine(replace(config, cache_dir=str(tmp_path))).segment(photos[0]),
                      expected)
     assert (tmp_path / "exported" / directory.name / SIDECAR_NAME).stat().st_mtime == before
+
+
+def test_a_failed_export_is_refused_at_once_until_its_retry_time(tmp_path, photos, monkeypatch):
+    (tmp_path / "exported").write_text("a file where the cache folder goes")  # unwritable cache
+    engine = Engine(EngineConfig(model="tiny", weights="random", clip_weights="random",
+                                 input_short_side=160, max_long_side=320,
+                                 cache_dir=str(tmp_path), backend="onnxruntime"))
+    with pytest.raises(EngineError, match="cannot write the onnxruntime artifact for 160x224"):
+        engine.segment(photos[0])
+
+    (tmp_path / "exported").unlink()  # repaired, but an export is not retried on every frame
+    started = time.monotonic()
+    with pytest.raises(EngineError, match=r"cannot write .* \(not tried again for 160x224 "
+                                          r"inputs for another \d+ s\)"):
+        engine.segment(photos[0])
+    assert time.monotonic() - started < 5.0
+    assert not (tmp_path / "exported").exists()
+
+    later = time.monotonic() + backends.RETRY_FAILED_EXPORT_S + 1.0
+    monkeypatch.setattr(backends, "monotonic", lambda: later)  # the retry time has come
+    result = engine.segment(photos[0])
+    assert result.labels.shape == photos[0].shape[:2]
+    assert (only_artifact(tmp_path / "exported") / SIDECAR_NAME).is_file()
