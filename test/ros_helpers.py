@@ -6,12 +6,13 @@ inherited by the node processes started here.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -243,6 +244,20 @@ class Peer:
                 if status.name.endswith(f": {topic}"):
                     return {kv.key: kv.value for kv in status.values} | {"level": status.level}
         return None
+
+
+@contextlib.contextmanager
+def peer_session(name: str, node: NodeProcess | None = None, namespace: str = "") -> Iterator[Peer]:
+    """A test-side participant named `name` (that has seen `node`'s services, when given),
+    closed on exit even when the test fails."""
+    harness = RosHarness(name)
+    try:
+        peer = Peer(harness, namespace)
+        if node is not None:
+            peer.wait_for_node(node)
+        yield peer
+    finally:
+        harness.close()
 
 
 class Outputs:

@@ -7,9 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from conftest import RosHarness
 from lifecycle_msgs.msg import Transition
-from ros_helpers import NodeProcess, Outputs, Peer, image_message
+from ros_helpers import NodeProcess, Outputs, image_message, peer_session
 from test_image_conversion import message
 from test_node_lifecycle import LifecycleClient
 
@@ -22,9 +21,8 @@ TINY = ("model:=tiny", "weights:=random", "clip_weights:=random", "input_short_s
 
 @pytest.fixture
 def peer():
-    harness = RosHarness("test_backends_peer")
-    yield Peer(harness)
-    harness.close()
+    with peer_session("test_backends_peer") as peer:
+        yield peer
 
 
 def frame(stamp: tuple[int, int]):

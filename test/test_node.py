@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import skimage.data
 import yaml
-from conftest import RosHarness
 from rclpy.parameter import Parameter
 from ros_helpers import (
     IMAGE_OUTPUTS,
@@ -32,6 +31,7 @@ from ros_helpers import (
     compressed_message,
     decode,
     image_message,
+    peer_session,
 )
 from test_image_conversion import message, mosaic, pack_422, to_16bit
 
@@ -67,11 +67,8 @@ def node(tmp_path_factory):
 @pytest.fixture(scope="module")
 def peer(node):
     """One test-side participant for the module, so DDS discovery happens once."""
-    harness = RosHarness("test_node_peer")
-    peer = Peer(harness)
-    peer.wait_for_node(node)
-    yield peer
-    harness.close()
+    with peer_session("test_node_peer", node) as peer:
+        yield peer
 
 
 @pytest.fixture

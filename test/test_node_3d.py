@@ -15,8 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import RosHarness
-from ros_helpers import TEST_PARAMETERS, NodeProcess, Outputs, Peer, decode, stamp_key
+from ros_helpers import TEST_PARAMETERS, NodeProcess, Outputs, Peer, decode, peer_session, stamp_key
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from test_geometry import ARC, reference_box
 from visualization_msgs.msg import Marker, MarkerArray
@@ -60,11 +59,8 @@ def node(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def peer(node):
-    harness = RosHarness("test_node_3d_peer")
-    peer = Peer(harness)
-    peer.wait_for_node(node)
-    yield peer
-    harness.close()
+    with peer_session("test_node_3d_peer", node) as peer:
+        yield peer
 
 
 class RgbdOutputs(Outputs):

@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
-from conftest import RosHarness
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
-from ros_helpers import NodeProcess, Outputs, Peer, image_message
+from ros_helpers import NodeProcess, Outputs, Peer, image_message, peer_session
 from test_image_conversion import message
 
 PHOTO = np.ascontiguousarray(skimage.data.astronaut()[::4, ::4])
@@ -67,9 +66,8 @@ def shutdown_ends_the_process_promptly(lifecycle: LifecycleClient, node: NodePro
 
 @pytest.fixture
 def peer():
-    harness = RosHarness("test_lifecycle_peer")
-    yield Peer(harness, namespace="/managed")
-    harness.close()
+    with peer_session("test_lifecycle_peer", namespace="/managed") as peer:
+        yield peer
 
 
 def frames_arrive(peer: Peer, outputs: Outputs, seconds: float) -> int:

@@ -10,8 +10,7 @@ import time
 import numpy as np
 import pytest
 import skimage.data
-from conftest import RosHarness
-from ros_helpers import TEST_PARAMETERS, NodeProcess, Outputs, Peer, image_message
+from ros_helpers import TEST_PARAMETERS, NodeProcess, Outputs, Peer, image_message, peer_session
 from test_image_conversion import message
 
 LAUNCH_SIGINT_GRACE_S = 5.0
@@ -23,9 +22,8 @@ CAMERA_FRAME = np.ascontiguousarray(
 
 @pytest.fixture
 def peer():
-    harness = RosHarness("test_signals_peer")
-    yield Peer(harness)
-    harness.close()
+    with peer_session("test_signals_peer") as peer:
+        yield peer
 
 
 def frame(peer: Peer):
