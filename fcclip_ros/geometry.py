@@ -11,10 +11,18 @@ cameras put "flying pixels" halfway between the object and the background. On ea
 spans the `BOX_PERCENTILES` of the interior points (not their min/max, which one stray reading
 would stretch), and `center` is the middle of that span. A segment too thin to keep
 `MIN_INTERIOR_PIXELS` after erosion uses all its valid pixels instead.
+
+Lens distortion follows REP 104 (CameraInfo describes the *raw* image): pixels of a raw image
+from a camera with distortion (non-zero D) are undistorted through K and D before
+back-projection; a rectified image (`rectified`: an `image_rect*` topic, see
+fcclip_ros.topics.is_rectified_topic), or a camera without distortion, is a pinhole image of
+P (K where P is unset). Points are in the image's own optical frame; R (stereo rectification)
+is not applied.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +39,9 @@ EROSION_PX = 2  # pixels peeled off every segment border before its depth is use
 BOX_PERCENTILES = (5.0, 95.0)  # the box's extent on each axis, over the interior points
 MIN_INTERIOR_PIXELS = 10  # below this, a segment's box uses its uneroded valid pixels
 DEPTH_ENCODINGS = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}  # encoding -> metres per unit
+# CameraInfo distortion_model -> the numbers of coefficients OpenCV's model of it takes.
+DISTORTION_MODELS = {"plumb_bob": (4, 5), "rational_polynomial": (8,), "equidistant": (4,)}
+UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-10)
 POINT_DTYPE = np.dtype([
     ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
     ("r", "u1"), ("g", "u1"), ("b", "u1"),
@@ -44,7 +55,9 @@ class DepthError(ValueError):
 
 @dataclass(frozen=True)
 class Intrinsics:
-    """Pinhole intrinsics of an image of `width` x `height` pixels."""
+    """Intrinsics of an image of `width` x `height` pixels: a pinhole camera matrix and, for a
+    raw image of a camera with lens distortion, the distortion to undo (see the module
+    docstring)."""
 
     fx: float
     fy: float
@@ -52,16 +65,30 @@ class Intrinsics:
     cy: float
     width: int
     height: int
+    distortion_model: str = ""  # "" when the pixels need no undistortion
+    distortion: tuple[float, ...] = ()
 
     @classmethod
     def from_camera_info(cls, width: int, height: int, k: Sequence[float],
-                         p: Sequence[float] = ()) -> Intrinsics:
-        """From sensor_msgs/CameraInfo fields (row-major 3x3 K, 3x4 P).
-
-        P is the matrix of the image as published once rectified, which registered depth (and
-        the colour image it is registered to) always is; K where P is unset.
-        """
-        if len(p) == 12 and p[0] > 0 and p[5] > 0:
+                         p: Sequence[float] = (), d: Sequence[float] = (),
+                         distortion_model: str = "", rectified: bool = False) -> Intrinsics:
+        """From sensor_msgs/CameraInfo fields (row-major 3x3 K, 3x4 P, D and its model), for a
+        raw image or, with `rectified`, for the rectified image P describes."""
+        distortion = tuple(float(v) for v in d)
+        distorted = not rectified and any(v != 0.0 for v in distortion)
+        if distorted:
+            counts = DISTORTION_MODELS.get(distortion_model)
+            if counts is None:
+                raise DepthError(
+                    f"camera info has distortion model {distortion_model!r}, which is not one of "
+                    f"{', '.join(DISTORTION_MODELS)}: segment rectified images (image_rect) instead"
+                )
+            if len(distortion) not in counts:
+                raise DepthError(f"camera info has {len(distortion)} {distortion_model} distortion "
+                                 f"coefficients, not {' or '.join(map(str, counts))}")
+            if not all(np.isfinite(distortion)):
+                raise DepthError(f"camera info has non-finite distortion coefficients {d}")
+        if not distorted and len(p) == 12 and p[0] > 0 and p[5] > 0:
             fx, cx, fy, cy = p[0], p[2], p[5], p[6]
         elif len(k) == 9:
             fx, cx, fy, cy = k[0], k[2], k[4], k[5]
@@ -72,7 +99,10 @@ class Intrinsics:
             raise DepthError(f"camera info has no usable focal length (fx={fx}, fy={fy})")
         if width <= 0 or height <= 0:
             raise DepthError(f"camera info gives no image size ({width}x{height})")
-        return cls(*values, width=int(width), height=int(height))
+        if not distorted:
+            return cls(*values, width=int(width), height=int(height))
+        return cls(*values, width=int(width), height=int(height),
+                   distortion_model=distortion_model, distortion=distortion)
 
     def check_image(self, width: int, height: int) -> None:
         if (width, height) != (self.width, self.height):
@@ -90,9 +120,10 @@ class DepthFrame:
     intrinsics: Intrinsics
 
 
-def read_camera_info_yaml(path: str | Path) -> Intrinsics:
+def read_camera_info_yaml(path: str | Path, rectified: bool = False) -> Intrinsics:
     """The intrinsics in a ROS camera calibration YAML (camera_calibration_parsers' format:
-    image_width, image_height, camera_matrix, projection_matrix, ...). Parsed as plain data."""
+    image_width, image_height, camera_matrix, distortion_model, distortion_coefficients,
+    projection_matrix, ...) for a raw image, or a rectified one. Parsed as plain data."""
     try:
         document = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -100,24 +131,27 @@ def read_camera_info_yaml(path: str | Path) -> Intrinsics:
     if not isinstance(document, Mapping):
         raise DepthError(f"{path} is not a camera calibration YAML")
 
-    def matrix(name: str, size: int) -> list[float]:
+    def matrix(name: str, size: int | None) -> list[float]:
         data = document.get(name, {})
         data = data.get("data") if isinstance(data, Mapping) else None
         if data is None:
             return []
-        if not isinstance(data, list) or len(data) != size:
-            raise DepthError(f"{path}: {name}.data must hold {size} numbers")
+        shape = f"{size} numbers" if size else "numbers"
+        if not isinstance(data, list) or (size is not None and len(data) != size):
+            raise DepthError(f"{path}: {name}.data must hold {shape}")
         try:
             return [float(value) for value in data]
         except (TypeError, ValueError):
-            raise DepthError(f"{path}: {name}.data must hold {size} numbers") from None
+            raise DepthError(f"{path}: {name}.data must hold {shape}") from None
 
     try:
         width, height = int(document["image_width"]), int(document["image_height"])
     except (KeyError, TypeError, ValueError):
         raise DepthError(f"{path}: image_width and image_height are required") from None
     return Intrinsics.from_camera_info(
-        width, height, matrix("camera_matrix", 9), matrix("projection_matrix", 12)
+        width, height, matrix("camera_matrix", 9), matrix("projection_matrix", 12),
+        matrix("distortion_coefficients", None), str(document.get("distortion_model", "")),
+        rectified,
     )
 
 
@@ -162,15 +196,16 @@ def check_registered(depth_shape: tuple[int, ...], shape: tuple[int, ...]) -> No
 
 def registered_depth(depth_msg: Any, camera_info: Any | None, image_shape: tuple[int, ...],
                      max_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
-                     info_topic: str = "camera_info") -> DepthFrame:
+                     info_topic: str = "camera_info", rectified: bool = False) -> DepthFrame:
     """The depth (sensor_msgs/Image) and CameraInfo (duck-typed) of a colour image of
-    `image_shape`, checked against it before decoding; DepthError or ImageConversionError says
-    why they cannot be used."""
+    `image_shape` (`rectified` or raw), checked against it before decoding; DepthError or
+    ImageConversionError says why they cannot be used."""
     if camera_info is None:
         raise DepthError(f"no CameraInfo received on {info_topic} yet")
     height, width = image_shape[:2]
-    intrinsics = Intrinsics.from_camera_info(camera_info.width, camera_info.height,
-                                             camera_info.k, camera_info.p)
+    intrinsics = Intrinsics.from_camera_info(
+        camera_info.width, camera_info.height, camera_info.k, camera_info.p, camera_info.d,
+        camera_info.distortion_model, rectified)
     intrinsics.check_image(width, height)
     check_registered((depth_msg.height, depth_msg.width), (height, width))
     return DepthFrame(depth_from_message(depth_msg, max_pixels), intrinsics)
@@ -191,9 +226,34 @@ NO_GEOMETRY = SegmentGeometry()
 def back_project(rows: np.ndarray, cols: np.ndarray, z: np.ndarray,
                  intrinsics: Intrinsics) -> np.ndarray:
     """(N, 3) float32 points of pixels (rows, cols) at depths z (pixel centres)."""
+    z = z.astype(np.float32)
+    if intrinsics.distortion:
+        rays = undistorted_rays(intrinsics)[rows, cols]  # (N, 2): x / z, y / z
+        return np.stack([rays[:, 0] * z, rays[:, 1] * z, z], axis=1)
     x = (cols.astype(np.float32) - np.float32(intrinsics.cx)) * z / np.float32(intrinsics.fx)
     y = (rows.astype(np.float32) - np.float32(intrinsics.cy)) * z / np.float32(intrinsics.fy)
-    return np.stack([x, y, z.astype(np.float32)], axis=1)
+    return np.stack([x, y, z], axis=1)
+
+
+@functools.lru_cache(maxsize=4)
+def undistorted_rays(intrinsics: Intrinsics) -> np.ndarray:
+    """(H, W, 2) float32: x / z and y / z of the ray through each pixel centre of a raw image,
+    its lens distortion undone. Computing it takes tens of milliseconds, so the maps of the
+    last few cameras are kept (8 bytes per pixel each)."""
+    rows, cols = np.mgrid[0 : intrinsics.height, 0 : intrinsics.width]
+    pixels = np.stack([cols, rows], axis=-1).reshape(-1, 1, 2).astype(np.float64)
+    camera = np.array([[intrinsics.fx, 0.0, intrinsics.cx], [0.0, intrinsics.fy, intrinsics.cy],
+                       [0.0, 0.0, 1.0]])
+    coefficients = np.array(intrinsics.distortion)
+    if intrinsics.distortion_model == "equidistant":
+        rays = cv2.fisheye.undistortPoints(pixels, camera, coefficients,
+                                           criteria=UNDISTORT_CRITERIA)
+    else:
+        rays = cv2.undistortPointsIter(pixels, camera, coefficients, None, None,
+                                       UNDISTORT_CRITERIA)
+    rays = rays.reshape(intrinsics.height, intrinsics.width, 2).astype(np.float32)
+    rays.setflags(write=False)  # shared by every frame of the camera
+    return rays
 
 
 def interior(instances: np.ndarray, erosion_px: int = EROSION_PX) -> np.ndarray:

@@ -37,6 +37,13 @@ def camera_info_topic(image_topic: str) -> str:
     return f"{head}{slash}{CAMERA_INFO}"
 
 
+def is_rectified_topic(image_topic: str) -> bool:
+    """Whether an image topic carries rectified images, by image_proc's naming (image_rect,
+    image_rect_color, ...; a /compressed transport suffix is looked through)."""
+    name = image_topic.rstrip("/").removesuffix("/compressed").rpartition("/")[2]
+    return name.startswith("image_rect")
+
+
 def resolve_topic(topic: str, namespace: str) -> str:
     """The fully qualified name of `topic` for a node in `namespace` ("" or "/" = the root)."""
     if topic.startswith("/"):

@@ -157,15 +157,17 @@ def rgbd_files(tmp_path: Path, depth_format: str = "png") -> tuple[Path, Path, P
     return photo, depth, info
 
 
-@pytest.mark.parametrize("depth_format", ["png", "tiff"])
-def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path, depth_format):
-    from test_geometry import INTRINSICS, reference_box
+@pytest.mark.parametrize("depth_format, image", [("png", "raw"), ("tiff", "raw"),
+                                                 ("png", "rectified")])
+def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path, depth_format, image):
+    from test_geometry import INTRINSICS, RAW, pixel_of, reference_box
 
+    intrinsics = RAW if image == "raw" else INTRINSICS
     photo, depth, info = rgbd_files(tmp_path, depth_format)
     out = tmp_path / "out"
     code = cli.main(["segment", str(photo), "--out", str(out), *TINY_ARGS, "--cache-dir",
                      str(tmp_path), "--depth", str(depth), "--camera-info", str(info),
-                     "--points-stride", "2"])
+                     "--points-stride", "2", *(["--rectified"] if image == "rectified" else [])])
     assert code == 0
     instances = cv2.imread(str(out / "arc_instances.png"), cv2.IMREAD_UNCHANGED)
     labels = cv2.imread(str(out / "arc_labels.png"), cv2.IMREAD_UNCHANGED)
@@ -175,7 +177,7 @@ def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path, depth_
     segments = json.loads((out / "arc_segments.json").read_text())["segments"]
     assert any(segment["depth_pixels"] for segment in segments)
     for segment in segments:
-        center, size, count = reference_box(instances, segment["id"], metres, INTRINSICS)
+        center, size, count = reference_box(instances, segment["id"], metres, intrinsics)
         assert segment["depth_pixels"] == count
         if count:
             np.testing.assert_allclose([segment["center"][a] for a in "xyz"], center, atol=1e-3)
@@ -186,8 +188,8 @@ def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path, depth_
                                            ("rgb", "u1", 3), ("label", "<u2"),
                                            ("instance", "<u2")]))
     assert points.size == np.isfinite(metres[::2, ::2]).sum()
-    cols = np.rint(points["x"] * INTRINSICS.fx / points["z"] + INTRINSICS.cx).astype(int)
-    rows = np.rint(points["y"] * INTRINSICS.fy / points["z"] + INTRINSICS.cy).astype(int)
+    rows, cols = pixel_of(points, intrinsics)
+    assert (rows % 2 == 0).all() and (cols % 2 == 0).all()  # the stride's pixels only
     assert (points["label"] == labels[rows, cols]).all()
     assert (points["instance"] == instances[rows, cols]).all()
 
@@ -218,7 +220,8 @@ def test_segment_with_unregistered_depth_says_why_and_still_writes_2d(tmp_path, 
     ("arguments", "reason"),
     [
         (["--depth", "d.png"], "--depth needs --camera-info"),
-        (["--camera-info", "k.yaml"], "--camera-info is only used with --depth"),
+        (["--camera-info", "k.yaml"], "--camera-info and --rectified are only used with --depth"),
+        (["--rectified"], "--camera-info and --rectified are only used with --depth"),
         (["--depth", "a.png", "--depth", "b.png", "--camera-info", "k.yaml"],
          "2 --depth for 1 images"),
         (["--depth", "d.png", "--camera-info", "missing.yaml"], "cannot read camera info"),

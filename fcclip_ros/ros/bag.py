@@ -71,6 +71,7 @@ from fcclip_ros.topics import (
     BAG_DEFAULT_OUTPUTS,
     DEPTH_ONLY_OUTPUTS,
     camera_info_topic,
+    is_rectified_topic,
     output_namespace,
 )
 
@@ -496,7 +497,8 @@ class BagJob:
             return
         try:
             entry.depth = registered_depth(depth_msg, camera.camera_info, entry.rgb.shape,
-                                           self.options.max_input_pixels, camera.info_topic)
+                                           self.options.max_input_pixels, camera.info_topic,
+                                           is_rectified_topic(entry.topic.name))
         except (DepthError, ImageConversionError) as error:
             self.report.refuse_depth(f"{entry.topic.name} at log time "
                                      f"{entry.message.log_time}: {error}")

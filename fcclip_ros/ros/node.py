@@ -57,7 +57,7 @@ from fcclip_ros.ros.scheduling import FrameScheduler
 from fcclip_ros.ros.spatial_outputs import VISION_OUTPUTS, vision_msgs
 from fcclip_ros.srv import GetVocabulary, Query, SetVocabulary
 from fcclip_ros.text_embeddings import QueryError, TextQueries, parse_query_texts, rank_segments
-from fcclip_ros.topics import camera_info_topic
+from fcclip_ros.topics import camera_info_topic, is_rectified_topic
 from fcclip_ros.vocabulary import Vocabulary, VocabularyError, VocabularyState
 
 NODE_NAME = "fcclip"
@@ -93,6 +93,7 @@ class Camera:
         self.to_rgb = compressed_to_rgb if compressed else image_to_rgb
         self.depth_topic = depth_topic
         self.info_topic = info_topic or camera_info_topic(topic)
+        self.rectified = is_rectified_topic(topic)  # 3D: P, else K with the distortion undone
         self.depth = DepthBuffer(depth_max_delay_s) if depth_topic else None
         self.camera_info: CameraInfo | None = None  # the latest; replaced whole
         self.depth_warning = ("", 0.0)  # the last reason logged for no 3D, and when
@@ -544,7 +545,8 @@ class SegmenterNode(LifecycleNode):
             return None
         try:
             depth = registered_depth(msg, camera.camera_info, shape,
-                                     self.engine.config.max_input_pixels, camera.info_topic)
+                                     self.engine.config.max_input_pixels, camera.info_topic,
+                                     camera.rectified)
         except (DepthError, ImageConversionError) as error:
             camera.depth_counts["frames_depth_refused"] += 1
             # Each camera's reason is logged when it changes, and at most every LOG_THROTTLE_S.
