@@ -24,6 +24,7 @@ from mcap_ros2.writer import Writer as Ros2Writer
 
 from fcclip_ros import cli
 from fcclip_ros.engine import Engine, EngineConfig
+from fcclip_ros.geometry import Intrinsics
 from fcclip_ros.image_conversion import compressed_to_rgb, image_to_rgb
 from fcclip_ros.ros.message_definitions import message_definition
 
@@ -357,11 +358,12 @@ COLOUR, DEPTH_TOPIC, INFO = ("/rgbd/color/image_raw", "/rgbd/depth/image_raw",
 RGBD_ARGS = ["--topics", COLOUR, "--depth-topics", DEPTH_TOPIC, "--points-stride", "3"]
 
 
-def write_rgbd_recording(path: Path, depth_shape: tuple[int, int] | None = None) -> list[int]:
-    """The ARC 2017 shelf (colour, registered 16UC1 depth, CameraInfo) at 10 Hz, recorded as
-    cameras deliver it: frame 0's depth logged before its colour frame, frame 1's after it,
-    frame 2's depth stamped 30 ms late, frame 3 with no depth near it. Returns the colour
-    stamps (ns)."""
+def write_rgbd_recording(path: Path, depth_shape: tuple[int, int] | None = None,
+                         colour: str = COLOUR, distortion: list[float] | None = None) -> list[int]:
+    """The ARC 2017 shelf (colour on `colour`, registered 16UC1 depth, CameraInfo with the
+    lens `distortion`, none by default) at 10 Hz, recorded as cameras deliver it: frame 0's
+    depth logged before its colour frame, frame 1's after it, frame 2's depth stamped 30 ms
+    late, frame 3 with no depth near it. Returns the colour stamps (ns)."""
     from test_node_3d import DEPTH, HEIGHT, RGB, WIDTH, K, P, millimetres
 
     depth_mm = millimetres(DEPTH)
@@ -378,8 +380,9 @@ def write_rgbd_recording(path: Path, depth_shape: tuple[int, int] | None = None)
                       "frame_id": "camera_color_optical_frame"}
             events.append((stamp + 10, INFO, schema["sensor_msgs/msg/CameraInfo"], {
                 "header": header, "height": HEIGHT, "width": WIDTH, "k": K, "p": P,
-                "distortion_model": "plumb_bob", "d": [], "r": [1, 0, 0, 0, 1, 0, 0, 0, 1]}))
-            events.append((stamp + 20, COLOUR, schema["sensor_msgs/msg/Image"], {
+                "distortion_model": "plumb_bob", "d": distortion or [],
+                "r": [1, 0, 0, 0, 1, 0, 0, 0, 1]}))
+            events.append((stamp + 20, colour, schema["sensor_msgs/msg/Image"], {
                 "header": header, "height": HEIGHT, "width": WIDTH, "encoding": "rgb8",
                 "is_bigendian": 0, "step": WIDTH * 3, "data": RGB.tobytes()}))
             if i in depth_stamps:
@@ -427,6 +430,30 @@ def test_bag_with_depth_writes_segment_boxes_points_and_markers_like_the_node(tm
     assert np.all(rows % 3 == 0) and np.all(cols % 3 == 0)
     label_image = np.frombuffer(bytes(labels[0].msg.data), np.uint16).reshape(DEPTH.shape)
     np.testing.assert_array_equal(array["label"], label_image[rows, cols])
+
+
+@pytest.mark.parametrize("colour", ["/rgbd/color/image_raw", "/rgbd/color/image_rect_color"])
+def test_bag_undoes_lens_distortion_of_raw_images_only(tmp_path, capsys, colour):
+    from test_geometry import INFO as ARC_INFO
+    from test_node_3d import DEPTH, HEIGHT, WIDTH, K, P, assert_boxes_match_back_projection, sent
+
+    recording = tmp_path / "rgbd.mcap"
+    write_rgbd_recording(recording, colour=colour, distortion=ARC_INFO["D"])
+    code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
+                     "--cache-dir", str(tmp_path), "--topics", colour, "--depth-topics",
+                     DEPTH_TOPIC, "--camera-info-topics", INFO, "--outputs", "instances",
+                     "segments"])
+    assert code == 0, capsys.readouterr().err
+    result_path = tmp_path / "out" / "out_0.mcap"
+    [segments, *_] = decoded(result_path, "/rgbd/color/segmentation/segments")
+    [instances, *_] = decoded(result_path, "/rgbd/color/segmentation/instances")
+    pixels = np.frombuffer(bytes(instances.msg.data), np.uint16).reshape(DEPTH.shape)
+    rectified = colour.endswith("image_rect_color")
+    intrinsics = Intrinsics.from_camera_info(WIDTH, HEIGHT, K, P, ARC_INFO["D"], "plumb_bob",
+                                             rectified)
+    assert bool(intrinsics.distortion) is not rectified
+    assert assert_boxes_match_back_projection(segments.msg.segments, pixels, sent(DEPTH),
+                                              intrinsics) > 0
 
 
 def test_bag_refuses_depth_of_another_size_per_frame_and_writes_2d(tmp_path, capsys):

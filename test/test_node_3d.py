@@ -158,13 +158,13 @@ def same_frame_depth(stamp: tuple[int, int]) -> list[Image]:
     return [depth_image(stamp)]
 
 
-def assert_boxes_match_back_projection(segments: Any, instances: np.ndarray,
-                                       depth: np.ndarray) -> int:
+def assert_boxes_match_back_projection(segments: Any, instances: np.ndarray, depth: np.ndarray,
+                                       intrinsics: Intrinsics = INTRINSICS) -> int:
     """Each segment's 3D fields equal the test's own back-projection of its pixels; returns
     how many segments had depth."""
     with_depth = 0
     for segment in segments:
-        center, size, count = reference_box(instances, segment.id, depth, INTRINSICS)
+        center, size, count = reference_box(instances, segment.id, depth, intrinsics)
         assert segment.depth_pixels == count
         if not count:
             assert (segment.center.z, segment.size.z) == (0.0, 0.0)
