@@ -366,6 +366,9 @@ def _bag(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 130
 
+    if job.recovered:
+        print(f"fcclip-ros bag: {job.recovered}", file=sys.stderr)
+
     def stop(_signum: int, _frame: object) -> None:
         if not job.stopping:
             print("\nfcclip-ros bag: stopping; finishing the bag of the frames done",

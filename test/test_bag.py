@@ -328,6 +328,81 @@ def test_interrupted_bag_is_readable_and_resume_completes_it_identically(tmp_pat
     assert again.returncode == 2 and "already complete" in again.stderr
 
 
+def test_a_killed_bag_run_is_recovered_by_resume_and_completed_identically(tmp_path):
+    """SIGKILL (or the OOM killer) leaves no summary: --resume rebuilds a finished file up to
+    the last checkpoint and goes on, losing at most the frame in flight."""
+    recording = tmp_path / "long.mcap"
+    write_recording(recording, raw_frames=10, compressed_frames=5)
+    args = [str(recording), *ENGINE_ARGS, "--cache-dir", str(tmp_path), "--short-side", "240"]
+    whole = run_bag(*args, "--out", str(tmp_path / "whole"))
+    assert whole.returncode == 0, whole.stderr
+    expected = raw_messages(tmp_path / "whole" / "whole_0.mcap")
+
+    process = subprocess.Popen([*FCCLIP_ROS, "bag", *args, "--out", str(tmp_path / "cut")],
+                               stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+    watcher = _StderrWatcher(process)
+    assert watcher.wait_for(r"\b[3-9]/15\b", timeout=120), watcher.text
+    process.kill()
+    assert process.wait(timeout=60) == -signal.SIGKILL
+    folder = tmp_path / "cut"
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "cut_0.mcap.partial", "cut_0.mcap.progress"]  # no finished file, no metadata.yaml
+
+    resumed = run_bag(*args, "--out", str(folder), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    kept = int(re.search(r"recovered (\d+) messages that a killed run wrote", resumed.stderr)[1])
+    first_outputs = next(i for i, m in enumerate(expected) if m[0] == "/front/segmentation/labels")
+    assert first_outputs < kept < len(expected)  # whole frames were kept, not redone
+    assert raw_messages(folder / "cut_0.mcap") == expected
+    assert sorted(path.name for path in folder.iterdir()) == ["cut_0.mcap", "metadata.yaml"]
+
+
+@pytest.mark.parametrize("damage, kept", [("none", 30), ("chunk cut short", 17),
+                                           ("log line cut short", 17),
+                                           ("no checkpoint", None)])
+def test_recovery_keeps_what_a_killed_run_wrote_up_to_its_last_whole_checkpoint(
+        recorded, tmp_path, damage, kept):
+    """A partial MCAP and checkpoint log as a kill leaves them: checkpoints after 5, 17 and 30
+    messages, 10 more messages still in the writer's memory, and maybe the last chunk or the
+    last log line cut short on disk."""
+    from fcclip_ros.ros.bag_files import BagError, OutputBag, read_progress, recover_killed_run
+
+    _, out, _ = recorded
+    messages = raw_messages(out / "segmented_0.mcap")[:40]
+    with (out / "segmented_0.mcap").open("rb") as stream:
+        summary = make_reader(stream).get_summary()
+    folder = tmp_path / "killed"
+    bag = OutputBag(folder, {"input": "fingerprint", "options": "settings"})
+    for channel in summary.channels.values():
+        schema = summary.schemas[channel.schema_id]
+        bag.add_topic(channel.topic, schema.name, schema.data, dict(channel.metadata))
+    partial, log = folder / "killed_0.mcap.partial", folder / "killed_0.mcap.progress"
+    sizes = {}
+    for index, (topic, log_time, publish_time, data) in enumerate(messages, start=1):
+        bag.write(topic, data, log_time, publish_time)
+        if index in (5, 17, 30) and damage != "no checkpoint":
+            bag.checkpoint({"messages_done": str(index)})
+            sizes[index] = partial.stat().st_size
+    bag._stream.close()  # the process dies here: what it had not flushed is lost
+    bag._log.close()
+    if damage == "chunk cut short":
+        partial.write_bytes(partial.read_bytes()[: (sizes[17] + sizes[30]) // 2])
+    elif damage == "log line cut short":
+        log.write_text(log.read_text()[:-10])
+
+    if kept is None:
+        with pytest.raises(BagError, match="killed before it wrote anything usable"):
+            recover_killed_run(folder)
+        return
+    assert recover_killed_run(folder) == kept
+    assert raw_messages(folder / "killed_0.mcap") == messages[:kept]
+    assert read_progress(folder / "killed_0.mcap") == {
+        "input": "fingerprint", "options": "settings", "messages_done": str(kept),
+        "complete": "false"}
+    assert sorted(path.name for path in folder.iterdir()) == ["killed_0.mcap"]
+    assert recover_killed_run(folder) is None  # nothing left to recover
+
+
 def test_batched_frames_give_the_same_bag_as_one_at_a_time(recorded, tmp_path):
     """What --batch-size does on CUDA, run on the CPU: frames grouped across both cameras."""
     from fcclip_ros.ros.bag import BagJob, BagOptions

@@ -9,6 +9,9 @@ node would publish for the same frame; reading and writing the files is fcclip_r
 Progress lives in the output itself (an MCAP metadata record), which is what `--resume` reads:
 an interrupted run finishes a valid file of whole frames, and a resumed run copies it and goes on
 from the first message it had not handled, producing the same file an uninterrupted run would.
+A run that could not finish its file (SIGKILL, out of memory) leaves the partial MCAP and a
+checkpoint per written batch; `--resume` first rebuilds a finished file up to the last
+checkpoint the partial MCAP holds whole (bag_files.recover_killed_run).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ from fcclip_ros.ros.bag_files import (
     OutputBag,
     Topic,
     read_progress,
+    recover_killed_run,
 )
 from fcclip_ros.ros.message_definitions import (
     message_type_name,
@@ -114,6 +118,10 @@ class BagReport:
     COUNTS = ("messages_done", "frames_done", "frames_failed", "frames_3d",
               "frames_without_depth", "frames_depth_refused")
 
+    def counts(self) -> dict[str, str]:
+        """COUNTS as the progress record holds them."""
+        return {name: str(getattr(self, name)) for name in self.COUNTS}
+
     def fail(self, reason: str) -> None:
         self.frames_failed += 1
         if len(self.failures) < MAX_REPORTED_FAILURES:
@@ -164,6 +172,7 @@ class BagJob:
         self.outputs = self._outputs_per_camera()
         self._fingerprint = {"input": self.source.fingerprint(),
                              "options": options.fingerprint(engine_settings)}
+        self.recovered = ""  # what was recovered of a killed run, when resuming one
         self._previous = self._check_output(resume)
         self.report = BagReport(frames_total=self._frames_total())
         self._stopped = threading.Event()
@@ -262,7 +271,15 @@ class BagJob:
                                "with --resume")
             return None
         if not path.is_file():
-            raise BagError(f"--resume: {path} does not exist (nothing to continue)")
+            try:
+                kept = recover_killed_run(self.out)
+            except (OSError, McapError, ValueError) as error:
+                raise BagError(f"--resume: cannot recover the killed run in {self.out} "
+                               f"({error})") from error
+            if kept is None:
+                raise BagError(f"--resume: {path} does not exist (nothing to continue)")
+            self.recovered = (f"recovered {kept} messages that a killed run wrote to "
+                              f"{self.out}, up to its last whole frame")
         try:
             progress = read_progress(path)
         except (McapError, ValueError, OSError) as error:
@@ -290,7 +307,7 @@ class BagJob:
     def run(self, engine: Engine, on_frame: Callable[[int], None] = lambda _: None) -> BagReport:
         """Writes the output bag; `on_frame(n)` each time the frames handled reach n."""
         self._engine = engine
-        output = OutputBag(self.out)
+        output = OutputBag(self.out, self._fingerprint)
         try:
             self._register_topics(output)
             skip = 0
@@ -299,10 +316,10 @@ class BagJob:
             else:
                 skip = self._copy_previous(output, self._previous)
                 on_frame(self.report.frames_done)
+            output.checkpoint(self.report.counts())
             self._process(output, engine, skip, on_frame)
         finally:
-            counts = {name: str(getattr(self.report, name)) for name in BagReport.COUNTS}
-            output.close({**self._fingerprint, **counts,
+            output.close({**self._fingerprint, **self.report.counts(),
                           "complete": str(not self.report.interrupted).lower()})
         return self.report
 
@@ -472,6 +489,7 @@ class BagJob:
             self.report.fail(reason)
         self.report.messages_done += len(entries)
         self.report.frames_done += sum(entry.selected for entry in entries)
+        output.checkpoint(self.report.counts())
         return True
 
     def _decode(self, entry: _Entry) -> str | None:

@@ -6,6 +6,7 @@ Foxglove open. Our own messages are serialized from the ros2msg schema written b
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ import yaml
 from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from mcap.records import Channel, Message, Schema
+from mcap.stream_reader import StreamReader
 from mcap.writer import Writer
 from mcap_ros2._dynamic import serialize_dynamic
 from sensor_msgs.msg import CompressedImage, Image
@@ -150,18 +152,33 @@ class InputBag:
 # --- output --------------------------------------------------------------------------------
 
 
+def _output_files(folder: Path) -> dict[str, Path]:
+    """The files of an output folder: the finished MCAP, and while it is being written (or
+    after its writer was killed) the partial MCAP, its checkpoint log, and both set aside for
+    recovery."""
+    path = folder / f"{folder.name}_0.mcap"
+    return {"mcap": path, **{kind: path.with_name(f"{path.name}.{kind}") for kind in (
+        "partial", "progress", "killed", "killed_progress", "repair")}}
+
+
 class OutputBag:
     """A rosbag2 folder being written: `<folder>/<folder name>_0.mcap` and `metadata.yaml`.
 
     The MCAP is written beside its final name and moved there by `close`, so a run that dies
     never leaves a half-written file where a finished one (or the one being resumed) was.
+    Beside it, a checkpoint log (first line `header`, then one JSON line per `checkpoint`)
+    lets `recover_killed_run` finish what a killed process wrote.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, header: dict[str, str]) -> None:
         self.folder = folder
-        self.path = folder / f"{folder.name}_0.mcap"
+        files = _output_files(folder)
+        self.path = files["mcap"]
         folder.mkdir(parents=True, exist_ok=True)
-        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._partial = files["partial"]
+        self._log_path = files["progress"]
+        self._log = self._log_path.open("w")
+        self._log.write(json.dumps(header) + "\n")
         self._stream = self._partial.open("wb")
         self._writer = Writer(self._stream)
         self._writer.start(profile="ros2", library="fcclip_ros bag")
@@ -216,6 +233,15 @@ class OutputBag:
         encode = self._encoders[self._topic_types[topic]]
         self.write(topic, encode(_PlainArrays(msg)), log_time, log_time)
 
+    def checkpoint(self, progress: dict[str, str]) -> None:
+        """Logs that the messages written so far hold `progress`. The MCAP chunk in progress
+        is finished first, and both files are handed to the operating system: a killed process
+        loses nothing up to here (a power cut may)."""
+        self._writer.flush()
+        self._log.write(json.dumps({"messages_written": sum(self.counts.values()),
+                                    **progress}) + "\n")
+        self._log.flush()
+
     def close(self, progress: dict[str, str]) -> None:
         """Finish the MCAP with its summary and the run's progress record, put it in place,
         and write the metadata.yaml that `ros2 bag info/play` read."""
@@ -223,6 +249,8 @@ class OutputBag:
         self._writer.finish()
         self._stream.close()
         os.replace(self._partial, self.path)
+        self._log.close()
+        self._log_path.unlink()
         (self.folder / "metadata.yaml").write_text(yaml.safe_dump(self._rosbag2_metadata(),
                                                                   sort_keys=False))
 
@@ -273,6 +301,88 @@ class _PlainArrays:
 
 def _is_message(value: Any) -> bool:
     return hasattr(type(value), "get_fields_and_field_types")
+
+
+def recover_killed_run(folder: Path) -> int | None:
+    """Finishes what a killed run left in `folder` (a partial MCAP without summary, and its
+    checkpoint log): the messages up to its last checkpoint that the file holds whole, with
+    that checkpoint as the progress record (so --resume continues from there). Returns how many
+    messages were kept; None when no killed run is there; BagError when one is but nothing it
+    wrote is usable. Safe to run again if it is itself killed."""
+    files = _output_files(folder)
+    for source, aside in (("partial", "killed"), ("progress", "killed_progress")):
+        if files[source].is_file() and not files[aside].is_file():
+            os.replace(files[source], files[aside])  # before anything writes .partial again
+    if not (files["killed"].is_file() and files["killed_progress"].is_file()):
+        return None
+    header, checkpoints = _read_checkpoints(files["killed_progress"])
+    whole = sum(1 for _ in _whole_messages(files["killed"]))
+    usable = [c for c in checkpoints if c.get("messages_written", whole + 1) <= whole]
+    if header is None or not usable:
+        raise BagError(f"{folder}: the run was killed before it wrote anything usable; remove "
+                       "the folder and start again")
+    last = usable[-1]
+    keep = last.pop("messages_written")
+    with files["repair"].open("wb") as stream:
+        writer = Writer(stream)
+        writer.start(profile="ros2", library="fcclip_ros bag")
+        schema_ids: dict[int, int] = {}
+        channel_ids: dict[int, int] = {}
+        for count, (schema, channel, message) in enumerate(_whole_messages(files["killed"])):
+            if count == keep:
+                break
+            if schema.id not in schema_ids:
+                schema_ids[schema.id] = writer.register_schema(schema.name, schema.encoding,
+                                                               schema.data)
+            if channel.id not in channel_ids:
+                channel_ids[channel.id] = writer.register_channel(
+                    channel.topic, channel.message_encoding, schema_ids[schema.id],
+                    dict(channel.metadata))
+            writer.add_message(channel_ids[channel.id], message.log_time, message.data,
+                               message.publish_time, message.sequence)
+        writer.add_metadata(PROGRESS_RECORD, {**header, **last, "complete": "false"})
+        writer.finish()
+    os.replace(files["repair"], files["mcap"])
+    files["killed"].unlink()
+    files["killed_progress"].unlink()
+    return keep
+
+
+def _read_checkpoints(path: Path) -> tuple[dict[str, str] | None, list[dict[str, Any]]]:
+    """The header and the checkpoints of a log; a line cut short by the kill ends it."""
+    lines = path.read_text().splitlines()
+    entries = []
+    for line in lines:
+        try:
+            entries.append(json.loads(line))
+        except ValueError:
+            break
+    if not entries or not all(isinstance(entry, dict) for entry in entries):
+        return None, []
+    return entries[0], entries[1:]
+
+
+def _whole_messages(path: Path) -> Iterator[tuple[Schema, Channel, Message]]:
+    """The messages of a partial MCAP in the order written, up to the first record that the
+    kill cut short (every chunk is checked against its CRC)."""
+    schemas: dict[int, Schema] = {}
+    channels: dict[int, Channel] = {}
+    with path.open("rb") as stream:
+        records = StreamReader(stream, validate_crcs=True).records
+        while True:
+            try:
+                record = next(records)
+            except StopIteration:
+                return
+            except Exception:  # truncated data fails in many ways; all mean "cut here"
+                return
+            if isinstance(record, Schema):
+                schemas[record.id] = record
+            elif isinstance(record, Channel):
+                channels[record.id] = record
+            elif isinstance(record, Message):
+                channel = channels[record.channel_id]
+                yield schemas[channel.schema_id], channel, record
 
 
 def read_progress(path: Path) -> dict[str, str] | None:
