@@ -598,7 +598,7 @@ def test_output_bag_writes_messages_rclpy_reads_back_equal_fixed_size_arrays_inc
 
     from fcclip_ros.ros.bag_files import OutputBag, read_progress
 
-    bag = OutputBag(tmp_path / "poses")
+    bag = OutputBag(tmp_path / "poses", {"input": "none", "options": "none"})
     bag.add_output_topic("/pose", PoseWithCovarianceStamped)
     msg = PoseWithCovarianceStamped()
     msg.header.frame_id = "map"
