@@ -130,7 +130,7 @@ def main() -> None:
             lambda s=segmentation, g=geometry: detections_3d_message(header, s, g, vision),
             args.repeats))
     count = len(result.segments)
-    row("raw image: per-pixel undistortion map (once per camera)", 0, fastest(
+    row("raw image: undistortion map (once per camera)", 0, fastest(
         lambda: (undistorted_rays.cache_clear(), undistorted_rays(raw)), args.repeats))
     row("raw image: segment boxes (engine)", count, fastest(
         lambda: segment_geometry(result.instances, metres, raw), args.repeats))
