@@ -198,6 +198,9 @@ def test_bag_latches_the_vocabulary_per_camera_and_describes_itself_to_rosbag2(r
     assert "durability: 1" in channels["/front/segmentation/vocabulary"].metadata[
         "offered_qos_profiles"]
     assert all(summary.schemas[c.schema_id].encoding == "ros2msg" for c in channels.values())
+    # A chunk per checkpoint (after the vocabulary and after each of the 6 frames) and one of
+    # the messages after the last frame; not one per message of the chatter at 20 Hz.
+    assert summary.statistics.chunk_count == 1 + 6 + 1
     info = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
     assert info["storage_identifier"] == "mcap"
     assert info["relative_file_paths"] == ["segmented_0.mcap"]

@@ -10,7 +10,7 @@ Progress lives in the output itself (an MCAP metadata record), which is what `--
 an interrupted run finishes a valid file of whole frames, and a resumed run copies it and goes on
 from the first message it had not handled, producing the same file an uninterrupted run would.
 A run that could not finish its file (SIGKILL, out of memory) leaves the partial MCAP and a
-checkpoint per written batch; `--resume` first rebuilds a finished file up to the last
+checkpoint per written batch of frames; `--resume` first rebuilds a finished file up to the last
 checkpoint the partial MCAP holds whole (bag_files.recover_killed_run).
 """
 
@@ -489,7 +489,8 @@ class BagJob:
             self.report.fail(reason)
         self.report.messages_done += len(entries)
         self.report.frames_done += sum(entry.selected for entry in entries)
-        output.checkpoint(self.report.counts())
+        if any(entry.selected for entry in entries):  # not per message of a busy IMU topic
+            output.checkpoint(self.report.counts())
         return True
 
     def _decode(self, entry: _Entry) -> str | None:
