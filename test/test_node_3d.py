@@ -135,6 +135,8 @@ def publish_rgbd(peer: Peer, outputs: Outputs, names: list[str], depths: Any,
     info_topic = camera.rsplit("/", 1)[0] + "/camera_info"
     assert peer.publisher_ready(camera)
     assert depth_topic == "" or peer.publisher_ready(depth_topic)
+    # A CameraInfo sent before the node's subscription matched is lost: that frame is 2D only.
+    assert depth_topic == "" or camera == CAMERAS[1] or peer.publisher_ready(info_topic, CameraInfo)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         stamp = peer.new_stamp()
