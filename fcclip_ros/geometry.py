@@ -99,10 +99,9 @@ class Intrinsics:
             raise DepthError(f"camera info has no usable focal length (fx={fx}, fy={fy})")
         if width <= 0 or height <= 0:
             raise DepthError(f"camera info gives no image size ({width}x{height})")
-        if not distorted:
-            return cls(*values, width=int(width), height=int(height))
         return cls(*values, width=int(width), height=int(height),
-                   distortion_model=distortion_model, distortion=distortion)
+                   distortion_model=distortion_model if distorted else "",
+                   distortion=distortion if distorted else ())
 
     def check_image(self, width: int, height: int) -> None:
         if (width, height) != (self.width, self.height):
