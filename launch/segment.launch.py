@@ -27,6 +27,7 @@ from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
 
+from fcclip_ros.settings import SETTINGS_BY_NAME, Setting, note
 from fcclip_ros.topics import (
     DEFAULT_IMAGE_TOPICS,
     image_topics_in_params_file,
@@ -35,17 +36,17 @@ from fcclip_ros.topics import (
 )
 
 NODE_NAME = "fcclip"
-# Launch argument -> node parameter; empty means "as in the params file".
-OVERRIDES = {
-    "image_topics": "camera topic, or a YAML list of topics, e.g. [/front/image, /rear/image]",
-    "depth_topics": "registered depth topic(s), one per image topic: turns on the 3D outputs",
-    "transport": "raw | compressed",
-    "model": "convnext_large | rn50 | rn101 | rn50x4 | rn50x16 | rn50x64 | tiny",
-    "weights": "auto | path to the FC-CLIP checkpoint | random",
-    "device": "auto | cpu | cuda | cuda:N",
-    "input_short_side": "short side the network sees, e.g. 480 for speed",
-    "autostart": "true: configure and activate at once | false: wait for a lifecycle manager",
-}
+# Node parameters that are also launch arguments; empty means "as in the params file".
+OVERRIDES = (
+    "image_topics",
+    "depth_topics",
+    "transport",
+    "model",
+    "weights",
+    "device",
+    "input_short_side",
+    "autostart",
+)
 OTHER_ARGUMENTS = {
     "image_topic": "one camera topic (same as image_topics:=<topic>)",
     "namespace": "the node's namespace",
@@ -72,19 +73,31 @@ def _depth_topics(context) -> list[str] | None:
     return parse_topic_list(text) if text else None
 
 
+def _override_help(setting: Setting) -> str:
+    """The parameter's description, limits and default, from the settings table."""
+    if setting.type is tuple:
+        default = f"[{', '.join(setting.default)}]"
+        spelling = " A topic, or a YAML list of topics, e.g. [/front/image, /rear/image]."
+    else:
+        default, spelling = setting.default, ""
+    return (f"{setting.help}{spelling} ({note(setting)}; the node's default: {default}); "
+            "empty: as in the params file")
+
+
+def _typed(setting: Setting, text: str):
+    """A launch argument's text as the parameter's type."""
+    if setting.type is bool:
+        return text.lower() in ("true", "1")
+    return setting.type(text)
+
+
 def _parameter_overrides(context) -> dict:
     """The launch arguments that were given, as typed parameter values."""
     overrides = {}
     for name in OVERRIDES:
         text = _argument(context, name)
-        if not text or name in ("image_topics", "depth_topics"):
-            continue
-        if name == "input_short_side":
-            overrides[name] = int(text)
-        elif name == "autostart":
-            overrides[name] = text.lower() in ("true", "1")
-        else:
-            overrides[name] = text
+        if text and name not in ("image_topics", "depth_topics"):
+            overrides[name] = _typed(SETTINGS_BY_NAME[name], text)
     topics = _image_topics(context)
     if topics is not None:
         overrides["image_topics"] = topics
@@ -168,8 +181,10 @@ def generate_launch_description() -> LaunchDescription:
             description="parameter YAML for the node",
         ),
         *(
-            DeclareLaunchArgument(name, default_value="", description=help_text)
-            for name, help_text in OVERRIDES.items()
+            DeclareLaunchArgument(
+                name, default_value="", description=_override_help(SETTINGS_BY_NAME[name])
+            )
+            for name in OVERRIDES
         ),
         *(
             DeclareLaunchArgument(name, default_value=defaults.get(name, ""), description=text)

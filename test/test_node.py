@@ -7,17 +7,14 @@ and start-up failures get their own processes.
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import re
-import sys
 import time
-import types
 
 import cv2
 import numpy as np
 import pytest
 import skimage.data
 import yaml
+from launch_stubs import launch, load_launch_file
 from rclpy.parameter import Parameter
 from ros_helpers import (
     IMAGE_OUTPUTS,
@@ -35,12 +32,12 @@ from ros_helpers import (
 )
 from test_image_conversion import message, mosaic, pack_422, to_16bit
 
+from fcclip_ros.cli.node_commands import add_subcommands
 from fcclip_ros.image_conversion import image_to_rgb
 from fcclip_ros.msg import Vocabulary
 from fcclip_ros.result import UNLABELED
-from fcclip_ros.ros.commands import add_subcommands
 from fcclip_ros.ros.diagnostics import dds_transport
-from fcclip_ros.ros.parameters import PARAMETERS
+from fcclip_ros.settings import SETTINGS_BY_NAME, default
 from fcclip_ros.srv import SetVocabulary
 from fcclip_ros.topics import output_namespace
 
@@ -691,85 +688,8 @@ def test_start_up_errors_exit_non_zero_with_the_reason_and_no_traceback(tmp_path
             process.stop()
 
 
-def test_params_file_holds_every_parameter_at_its_default():
-    parameters = yaml.safe_load(PARAMS_FILE.read_text())["/**"]["ros__parameters"]
-    # a params file cannot spell []: the empty arrays are documented in comments
-    empty_arrays = ("vocabulary", "depth_topics", "camera_info_topics", "onnxruntime_providers")
-    defaults = {spec.name: spec.default for spec in PARAMETERS if spec.name not in empty_arrays}
-    assert parameters == defaults
-    for name in empty_arrays:
-        assert f"# {name}: [" in PARAMS_FILE.read_text()
-
-
-class _Recorded:
-    """Stands in for a launch class: remembers how it was constructed."""
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-
-class _LaunchConfiguration(_Recorded):
-    def perform(self, context):
-        return context.launch_configurations[self.args[0]]
-
-
-class _FindPackageShare(_Recorded):
-    def perform(self, context):
-        return str(ROOT)  # the source tree has the installed share/ layout
-
-
-class _LaunchContext:
-    def __init__(self, **arguments):
-        self.launch_configurations = arguments
-
-
-class _Logger:
-    def __init__(self):
-        self.warnings = []
-
-    def warning(self, text):
-        self.warnings.append(text)
-
-
-def _load_launch_file(monkeypatch):
-    """launch/segment.launch.py with `launch` and `launch_ros` (not on PyPI) stubbed out."""
-    logger = _Logger()
-    stubs = {
-        "launch": {"LaunchDescription": _Recorded},
-        "launch.actions": {"DeclareLaunchArgument": _Recorded, "OpaqueFunction": _Recorded},
-        "launch.logging": {"get_logger": lambda name: logger},
-        "launch.substitutions": {
-            "LaunchConfiguration": _LaunchConfiguration,
-            "PathJoinSubstitution": _Recorded,
-        },
-        "launch_ros.actions": {"Node": _Recorded},
-        "launch_ros.substitutions": {"FindPackageShare": _FindPackageShare},
-    }
-    for name, attributes in stubs.items():
-        module = types.ModuleType(name)
-        module.__dict__.update(attributes)
-        monkeypatch.setitem(sys.modules, name, module)
-    spec = importlib.util.spec_from_file_location(
-        "segment_launch", ROOT / "launch/segment.launch.py"
-    )
-    launch_file = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(launch_file)
-    launch_file.logger = logger
-    return launch_file
-
-
-def _launch(monkeypatch, **given):
-    """The actions the launch file starts for `ros2 launch ... name:=value` (given)."""
-    launch_file = _load_launch_file(monkeypatch)
-    actions = launch_file.generate_launch_description().args[0]
-    declared = {a.args[0]: a.kwargs["default_value"] for a in actions if a.args}
-    [nodes] = [a for a in actions if "function" in a.kwargs]
-    arguments = declared | {"params_file": str(PARAMS_FILE)} | given
-    return nodes.kwargs["function"](_LaunchContext(**arguments)), declared, launch_file.logger
-
-
 def test_launch_file_overrides_only_the_parameters_given_as_arguments(monkeypatch):
-    [node], declared, _ = _launch(
+    [node], declared, _ = launch(
         monkeypatch,
         image_topics="[/front/image_raw, /rear/image_raw]",
         model="rn50",
@@ -788,42 +708,25 @@ def test_launch_file_overrides_only_the_parameters_given_as_arguments(monkeypatc
             "use_sim_time": False,
         },
     ]
-    [node], _, _ = _launch(monkeypatch, image_topics="camera/image_raw", device="cuda:1",
-                           use_sim_time="true")
+    [node], _, _ = launch(monkeypatch, image_topics="camera/image_raw", device="cuda:1",
+                          use_sim_time="true")
     assert node.kwargs["parameters"][1] == {
         "image_topics": ["camera/image_raw"],
         "device": "cuda:1",
         "use_sim_time": True,
     }
-    overrides = _load_launch_file(monkeypatch).OVERRIDES
-    assert set(overrides) <= {spec.name for spec in PARAMETERS}
+    overrides = load_launch_file(monkeypatch).OVERRIDES
+    assert set(overrides) <= set(SETTINGS_BY_NAME)
 
 
 def test_launch_accepts_image_topic_for_one_camera_and_warns_about_typos(monkeypatch):
-    [node], _, logger = _launch(monkeypatch, image_topic="/camera/color/image_raw")
+    [node], _, logger = launch(monkeypatch, image_topic="/camera/color/image_raw")
     assert node.kwargs["parameters"][1]["image_topics"] == ["/camera/color/image_raw"]
     assert logger.warnings == []
 
-    [node], _, logger = _launch(monkeypatch, image_topcs="/camera/image", image_topics="/a/image")
+    [node], _, logger = launch(monkeypatch, image_topcs="/camera/image", image_topics="/a/image")
     assert node.kwargs["parameters"][1]["image_topics"] == ["/a/image"]
     assert len(logger.warnings) == 1 and "did you mean 'image_topics'" in logger.warnings[0]
-
-
-def test_yaml_comments_and_launch_arguments_offer_exactly_the_cores_choices(monkeypatch):
-    lines = PARAMS_FILE.read_text().splitlines()
-    for spec in (s for s in PARAMETERS if s.choices):
-        at = next(i for i, line in enumerate(lines) if line.startswith(f"    {spec.name}:"))
-        comment = []
-        while lines[at - 1 - len(comment)].lstrip().startswith("#"):
-            comment.append(lines[at - 1 - len(comment)])
-        words = set(re.findall(r"[a-z0-9_]+", " ".join(comment)))
-        assert set(spec.choices) <= words, (spec.name, set(spec.choices) - words)
-    launch_help = _load_launch_file(monkeypatch).OVERRIDES
-    for spec in (s for s in PARAMETERS if s.choices and s.name in launch_help):
-        offered = [choice.strip() for choice in launch_help[spec.name].split("|")]
-        assert offered == list(spec.choices), spec.name
-    [node], _, _ = _launch(monkeypatch, autostart="false")
-    assert node.kwargs["parameters"][1]["autostart"] is False
 
 
 def _rviz_topics(path: str) -> tuple[list[str], set[str]]:
@@ -836,7 +739,7 @@ def _rviz_topics(path: str) -> tuple[list[str], set[str]]:
 
 def test_launch_with_rviz_shows_the_overlay_of_every_camera_and_3d_of_those_with_depth(
         monkeypatch):
-    [node, rviz], _, _ = _launch(
+    [node, rviz], _, _ = launch(
         monkeypatch, rviz="true", namespace="robot1", image_topics="[front/image, /rear/image]",
         depth_topics='[front/depth, ""]',
     )
@@ -849,16 +752,16 @@ def test_launch_with_rviz_shows_the_overlay_of_every_camera_and_3d_of_those_with
     assert {"/robot1/front/segmentation/labels", "/rear/segmentation/confidence",
             "/rear/segmentation/points", "/rear/segmentation/markers"} <= hidden
 
-    [_, rviz], _, _ = _launch(monkeypatch, rviz="true")  # the params file's camera: `image`
+    [_, rviz], _, _ = launch(monkeypatch, rviz="true")  # the params file's camera: `image`
     assert _rviz_topics(rviz.kwargs["arguments"][1])[0] == ["/segmentation/overlay"]
-    assert len(_launch(monkeypatch, rviz="false")[0]) == 1
+    assert len(launch(monkeypatch, rviz="false")[0]) == 1
 
 
 def test_rviz_config_shows_the_overlay_points_and_markers_of_the_default_camera():
     config = yaml.safe_load((ROOT / "rviz" / "segment.rviz").read_text())
     displays = config["Visualization Manager"]["Displays"]
     shown = [(d["Class"], d["Topic"]["Value"]) for d in displays if d["Enabled"]]
-    [default_topic] = next(s.default for s in PARAMETERS if s.name == "image_topics")
+    [default_topic] = default("image_topics")
     outputs = f"/{output_namespace(default_topic)}"
     assert shown == [("rviz_default_plugins/Image", f"{outputs}/overlay"),
                      ("rviz_default_plugins/PointCloud2", f"{outputs}/points"),
