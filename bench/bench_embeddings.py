@@ -156,6 +156,8 @@ def print_tables(results: list[dict], size: str, short_side: int, overlap: float
 
 
 def main() -> None:
+    from fcclip_ros.cli.arguments import image_size  # the parser of fcclip-ros export --size
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["tiny", "rn50"])
@@ -167,7 +169,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = image_size(args.size)
     if args.child:
         print(json.dumps(measure(args.models[0], width, height, args.short_side,
                                  args.overlap_threshold, args.repeats)))

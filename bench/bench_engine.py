@@ -120,6 +120,8 @@ def print_table(results: list[dict], size: str) -> None:
 
 
 def main() -> None:
+    from fcclip_ros.cli.arguments import image_size  # the parser of fcclip-ros export --size
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["convnext_large", "rn50"])
@@ -127,7 +129,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    width, height = (int(v) for v in args.size.split("x"))
+    width, height = image_size(args.size)
     if args.child:
         print(json.dumps(measure(args.models[0], width, height, args.repeats)))
         return

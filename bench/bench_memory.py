@@ -153,6 +153,8 @@ def print_table(results: list[dict], model_name: str, short_side: int) -> None:
 
 
 def main() -> None:
+    from fcclip_ros.cli.arguments import image_size  # the parser of fcclip-ros export --size
+
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", nargs="+", default=["640x480", "1920x1080", "4096x3072"],
@@ -166,7 +168,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         case, size, base_gb = args.child
-        width, height = (int(v) for v in size.split("x"))
+        width, height = image_size(size)
         print(json.dumps(measure(case, args.model, width, height, args.short_side,
                                  float(base_gb))))
         return

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from fcclip_ros import cli, download
+from fcclip_ros.cli.arguments import flag_value, image_size
 
 FCCLIP_ROS = str(Path(sys.executable).with_name("fcclip-ros"))  # the installed console script
 TINY_ARGS = ["--model", "tiny", "--weights", "random", "--clip-weights", "random",
@@ -65,7 +66,7 @@ def test_segment_embeddings_writes_one_row_per_segment_in_id_order(tmp_path):
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-6)
     engine = Engine(EngineConfig(model="tiny", weights="random", clip_weights="random",
                                  input_short_side=160, overlap_threshold=0.0,
-                                 vocabulary=cli._split_vocabulary(vocabulary),
+                                 vocabulary=flag_value("vocabulary", vocabulary),
                                  cache_dir=str(tmp_path)))
     rgb = cv2.imread(str(photo))[:, :, ::-1]
     expected = engine.segment(np.ascontiguousarray(rgb), with_embeddings=True)
@@ -103,17 +104,30 @@ def test_segment_skips_an_image_over_the_pixel_limit_without_decoding_it(tmp_pat
     assert (tmp_path / "out" / "arc_labels.png").is_file()
 
 
-def test_segment_choices_are_the_cores_lists():
-    from fcclip_ros.backends import BACKENDS
-    from fcclip_ros.engine import MODES, PRECISIONS
-    from fcclip_ros.model.config import VARIANTS
-    from fcclip_ros.vocabulary import PRESETS
+def test_list_flags_split_as_documented():
+    assert flag_value("vocabulary", "cup, mug; table ;floor [stuff]") == (
+        "cup, mug", "table", "floor [stuff]")
+    assert flag_value("onnxruntime_providers", "CUDAExecutionProvider, CPUExecutionProvider") == (
+        "CUDAExecutionProvider", "CPUExecutionProvider")
 
-    subcommands = next(a for a in cli.build_parser()._actions if a.dest == "command")
-    segment = subcommands.choices["segment"]
-    choices = {a.dest: list(a.choices) for a in segment._actions if a.choices}
-    assert choices == {"model": list(VARIANTS), "preset": list(PRESETS), "mode": list(MODES),
-                       "precision": list(PRECISIONS), "backend": list(BACKENDS)}
+
+def test_image_sizes_are_width_by_height_as_in_the_bench_scripts():
+    assert image_size("640x480") == (640, 480)
+    assert image_size("1920X1080") == (1920, 1080)
+
+
+def test_importing_the_cli_imports_no_ros_module():
+    code = ("import sys, fcclip_ros.cli; "
+            "print([m for m in sys.modules if m.startswith(('rclpy', 'fcclip_ros.ros'))])")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True)
+    assert result.stdout.strip() == "[]"
+
+
+def test_the_cli_runs_as_a_module_where_no_console_script_is_installed():
+    result = subprocess.run([sys.executable, "-m", "fcclip_ros.cli", "download", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "--no-checkpoint" in result.stdout
 
 
 def test_segment_reports_a_missing_checkpoint_clearly(tmp_path, capsys):

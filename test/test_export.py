@@ -21,9 +21,9 @@ TINY = ["--model", "tiny", "--weights", "random", "--clip-weights", "random",
 
 def test_export_writes_an_onnx_graph_with_the_vocabulary_as_dynamic_inputs(tmp_path, capsys):
     out = tmp_path / "artifact"
-    assert cli.main(["export", *TINY, "--size", "480x640", "--format", "onnx",
+    assert cli.main(["export", *TINY, "--size", "640x480", "--format", "onnx",
                      "--out", str(out)]) == 0
-    assert "network input 160x224" in capsys.readouterr().out  # 160x213 padded to 32
+    assert "640x480 images -> network input 224x160" in capsys.readouterr().out  # 213x160 padded
     sidecar = json.loads((out / SIDECAR_NAME).read_text())
     assert sidecar["model"] == "tiny" and sidecar["input_size"] == [160, 224]
     assert sidecar["format"] == "onnx" and len(sidecar["weights_fingerprint"]) == 64
@@ -41,7 +41,7 @@ def test_export_writes_an_onnx_graph_with_the_vocabulary_as_dynamic_inputs(tmp_p
 
 def test_exported_artifact_in_the_cache_is_used_by_segment_without_reexport(tmp_path, capsys):
     cache = ["--cache-dir", str(tmp_path / "cache")]
-    assert cli.main(["export", *TINY, *cache, "--size", "480x640", "--format", "openvino"]) == 0
+    assert cli.main(["export", *TINY, *cache, "--size", "640x480", "--format", "openvino"]) == 0
     [sidecar] = (tmp_path / "cache" / "exported").glob(f"*/{SIDECAR_NAME}")
     written = sidecar.stat().st_mtime
     image = tmp_path / "arc.png"
@@ -54,17 +54,17 @@ def test_exported_artifact_in_the_cache_is_used_by_segment_without_reexport(tmp_
     assert len(list((tmp_path / "cache" / "exported").glob(f"*/{SIDECAR_NAME}"))) == 1
 
 
-@pytest.mark.parametrize("size", ["640", "0x480", "axb"])
+@pytest.mark.parametrize("size", ["640", "0x480", "640x0", "axb"])
 def test_export_refuses_a_malformed_size(tmp_path, capsys, size):
     with pytest.raises(SystemExit):
         cli.main(["export", *TINY, "--size", size, "--out", str(tmp_path)])
     error = capsys.readouterr().err
-    assert "HEIGHTxWIDTH" in error or "both sides must be positive" in error
+    assert "WIDTHxHEIGHT" in error or "both sides must be positive" in error
 
 
 def test_export_without_openvino_names_the_package(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "openvino", None)  # import fails as if not installed
-    assert cli.main(["export", *TINY, "--size", "480x640", "--format", "openvino",
+    assert cli.main(["export", *TINY, "--size", "640x480", "--format", "openvino",
                      "--out", str(tmp_path / "artifact")]) == 1
     assert "pip install openvino" in capsys.readouterr().err
     assert not (tmp_path / "artifact").exists()
@@ -74,7 +74,7 @@ def test_export_never_replaces_a_folder_that_is_not_an_artifact(tmp_path, capsys
     out = tmp_path / "models"
     out.mkdir()
     (out / "precious.pth").write_bytes(b"weights of another project")
-    assert cli.main(["export", *TINY, "--size", "480x640", "--format", "onnx",
+    assert cli.main(["export", *TINY, "--size", "640x480", "--format", "onnx",
                      "--out", str(out)]) == 1
     assert "is not an export artifact" in capsys.readouterr().err
     assert (out / "precious.pth").read_bytes() == b"weights of another project"

@@ -1,7 +1,8 @@
 """The ROS side of the `fcclip-ros` command: run the node, set or get its vocabulary, query it.
 
 Lets a user without the `ros2` command line (e.g. a pip-only install) start the node and change
-what it looks for; inside a ROS install `ros2 run` / `ros2 service call` do the same.
+what it looks for; inside a ROS install `ros2 run` / `ros2 service call` do the same. rclpy and
+the node are imported only when a command runs, so `fcclip-ros segment` works without ROS.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _add_service_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from fcclip_ros.ros.node import run
+    from fcclip_ros.ros.main import run
 
     ros_args = ["--ros-args"]
     if args.params_file is not None:

@@ -1,0 +1,129 @@
+"""`fcclip-ros bag`: every frame of a recorded MCAP bag through the engine, into a new bag."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fcclip_ros.cli.arguments import add_setting_flags, engine_config
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, BAG_OUTPUTS, DEPTH_OUTPUTS
+
+    parser = subparsers.add_parser(
+        "bag",
+        help="segment every frame of a recorded MCAP bag into a new bag (no ROS install needed)",
+        description="Read a rosbag2 MCAP (a .mcap file or a bag folder), segment every frame of "
+        "its sensor_msgs/Image and CompressedImage topics, and write a rosbag2 folder "
+        "OUT/OUT_0.mcap + metadata.yaml with every input message unchanged plus, per camera, "
+        "the node's outputs under <camera namespace>/segmentation/ (stamped with each frame's "
+        "header, logged at its log time) and the latched vocabulary. Ctrl-C finishes a valid "
+        "bag of the frames done; --resume continues it. Exit status: 0 done, 1 done but some "
+        "frames could not be segmented (copied without outputs), 2 unusable input or "
+        "settings, 130 interrupted.",
+    )
+    parser.add_argument("input", type=Path, metavar="INPUT",
+                        help="an MCAP file, or a rosbag2 folder holding MCAP files")
+    parser.add_argument("--out", required=True, type=Path,
+                        help="output bag folder (must not exist unless --resume)")
+    parser.add_argument("--topics", nargs="+", default=[], metavar="TOPIC",
+                        help="image topics to segment (default: every image topic)")
+    parser.add_argument("--every", type=_positive_int, default=1, metavar="N",
+                        help="segment every N-th frame of each camera; the others are copied "
+                        "without outputs (default 1: every frame)")
+    parser.add_argument("--outputs", nargs="+", choices=BAG_OUTPUTS,
+                        help="per-frame outputs to write (default: "
+                        f"{' '.join(BAG_DEFAULT_OUTPUTS)}, plus with --depth-topics "
+                        f"{' '.join(DEPTH_OUTPUTS)}, plus detections (and detections_3d with "
+                        "depth) where vision_msgs is importable)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the interrupted run that wrote OUT (same input and "
+                        "settings): the result equals an uninterrupted run's")
+    add_setting_flags(parser, "bag")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import signal
+    from dataclasses import asdict
+
+    try:
+        from tqdm import tqdm
+
+        from fcclip_ros.ros.bag import BagError, BagJob, BagOptions
+    except ModuleNotFoundError as error:
+        if error.name not in ("mcap", "mcap_ros2", "tqdm"):
+            raise
+        print(f"fcclip-ros bag needs the {error.name} package: pip install mcap "
+              "mcap-ros2-support tqdm", file=sys.stderr)
+        return 2
+    from fcclip_ros.engine import Engine, EngineError, resolve_device
+
+    config = engine_config(args, "bag")
+    try:
+        on_cuda = resolve_device(config.device).type == "cuda"
+        options = BagOptions(
+            topics=tuple(args.topics), every=args.every,
+            outputs=tuple(args.outputs or ()),
+            batch_size=args.batch_size if on_cuda else 1, max_input_pixels=args.max_input_pixels,
+            depth_topics=tuple(args.depth_topics),
+            camera_info_topics=tuple(args.camera_info_topics),
+            depth_max_delay_s=args.depth_max_delay, points_stride=args.points_stride)
+        settings = {key: value for key, value in asdict(config).items() if key != "cache_dir"}
+        job = BagJob(args.input, args.out, options, settings, resume=args.resume)
+        engine = Engine(config)
+    except (BagError, EngineError) as error:
+        print(f"fcclip-ros bag: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fcclip-ros bag: interrupted before the first frame; nothing written",
+              file=sys.stderr)
+        return 130
+
+    if job.recovered:
+        print(f"fcclip-ros bag: {job.recovered}", file=sys.stderr)
+
+    def stop(_signum: int, _frame: object) -> None:
+        if not job.stopping:
+            print("\nfcclip-ros bag: stopping; finishing the bag of the frames done",
+                  file=sys.stderr)
+        job.stop()
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    cameras = ", ".join(job.cameras)
+    with tqdm(total=job.report.frames_total, unit="frame", desc=f"segmenting {cameras}",
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        try:
+            report = job.run(engine, on_frame=lambda done: bar.update(done - bar.n))
+        except BagError as error:
+            print(f"fcclip-ros bag: {error}", file=sys.stderr)
+            return 2
+    for reason in report.failures:
+        print(f"not segmented: {reason}", file=sys.stderr)
+    for reason in report.depth_notes:
+        print(f"no 3D: {reason}", file=sys.stderr)
+    if report.frames_failed > len(report.failures):
+        print(f"... {report.frames_failed - len(report.failures)} more frames not segmented",
+              file=sys.stderr)
+    summary = (f"{args.out}: {report.frames_done - report.frames_failed} of "
+               f"{report.frames_total} frames segmented, {report.frames_failed} not segmented")
+    if job.depth:
+        summary += (f"; 3D for {report.frames_3d}, no depth in time for "
+                    f"{report.frames_without_depth}, depth refused for "
+                    f"{report.frames_depth_refused}")
+    if report.interrupted:
+        print(f"{summary}; interrupted: the bag holds the input up to the last whole frame. "
+              "Continue with the same command and --resume", file=sys.stderr)
+        return 130
+    print(summary)
+    return 1 if report.frames_failed else 0

@@ -1,0 +1,171 @@
+"""`fcclip-ros segment`: image files through the engine, offline (no ROS needed)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fcclip_ros.cli.arguments import add_setting_flags, engine_config
+from fcclip_ros.geometry import (
+    NO_GEOMETRY,
+    DepthError,
+    DepthFrame,
+    Intrinsics,
+    check_registered,
+    depth_in_metres,
+    point_cloud,
+    read_camera_info_yaml,
+    segment_geometry,
+    write_ply,
+)
+from fcclip_ros.result import Segmentation
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "segment",
+        help="segment image files offline (no ROS needed)",
+        description="Segment image files with FC-CLIP and write, per image, <stem>_labels.png and "
+        "<stem>_instances.png (16-bit PNG: class id per pixel with 65535 = unlabeled, and "
+        "segment id per pixel with 0 = none), <stem>_overlay.png and <stem>_segments.json "
+        "(the Segment message fields of every segment); with --embeddings also "
+        "<stem>_embeddings.npy; with --depth and --camera-info the 3D fields in the json and "
+        "<stem>_points.ply.",
+    )
+    parser.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
+    parser.add_argument("--out", required=True, type=Path, help="output folder (created)")
+    parser.add_argument("--embeddings", action="store_true",
+                        help="also write <stem>_embeddings.npy: float32 (segments, D), row i = "
+                        "the L2-normalised CLIP embedding of the i-th segment of the json (ids "
+                        "ascending), comparable by cosine with CLIP text embeddings")
+    parser.add_argument("--depth", action="append", type=Path, metavar="DEPTH",
+                        help="depth image registered to the IMAGE (same size): 16-bit PNG in "
+                        "millimetres or 32-bit float TIFF in metres, 0 = no reading; one per "
+                        "IMAGE, in the same order. Fills center, size and depth_pixels in the json "
+                        "and writes <stem>_points.ply (x y z red green blue label instance)")
+    parser.add_argument("--camera-info", type=Path, metavar="K.yaml",
+                        help="the colour camera's calibration YAML (ROS camera_info format); "
+                        "needed with --depth. The IMAGE is taken as raw: its pixels are "
+                        "undistorted with camera_matrix and distortion_coefficients")
+    parser.add_argument("--rectified", action="store_true",
+                        help="the IMAGE is rectified: back-project with projection_matrix and "
+                        "ignore the distortion")
+    add_setting_flags(parser, "segment")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fcclip_ros.engine import Engine, EngineError
+    from fcclip_ros.image_conversion import ImageConversionError
+    from fcclip_ros.overlay import draw_overlay
+
+    try:
+        intrinsics = _depth_arguments(args)
+        engine = Engine(engine_config(args, "segment"))
+    except (EngineError, DepthError) as error:
+        print(f"fcclip-ros segment: {error}", file=sys.stderr)
+        return 2
+    args.out.mkdir(parents=True, exist_ok=True)
+    failures = 0
+    for index, path in enumerate(args.images):
+        try:
+            rgb = _read_image(path, args.max_input_pixels)
+        except (OSError, ImageConversionError) as error:
+            print(f"{path}: {error}, skipped", file=sys.stderr)
+            failures += 1
+            continue
+        depth = None
+        if intrinsics is not None:
+            try:
+                depth = _read_depth(args.depth[index], rgb.shape, intrinsics,
+                                    args.max_input_pixels)
+            except (OSError, ImageConversionError, DepthError) as error:
+                print(f"{args.depth[index]}: {error}; {path} is written without 3D",
+                      file=sys.stderr)
+                failures += 1
+        try:
+            result = engine.segment(rgb, with_confidence=False, with_embeddings=args.embeddings)
+        except EngineError as error:
+            print(f"{path}: {error}", file=sys.stderr)
+            failures += 1
+            continue
+        _write_result(args.out / path.stem, rgb, result, draw_overlay(rgb, result.instances,
+                                                                      result.segments),
+                      depth, args.points_stride)
+        print(f"{path}: {len(result.segments)} segments -> {args.out / path.stem}_*")
+    return 1 if failures else 0
+
+
+def _read_image(path: Path, max_pixels: int) -> np.ndarray:
+    """RGB pixels of an image file whose header declares at most `max_pixels` (checked before
+    decoding, so a small file declaring a huge image is never decoded)."""
+    from fcclip_ros.image_conversion import ImageConversionError, declared_size
+
+    data = path.read_bytes()
+    declared_size(data, max_pixels)
+    bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ImageConversionError("not a readable image")
+    return np.ascontiguousarray(bgr[:, :, ::-1])
+
+
+def _depth_arguments(args: argparse.Namespace) -> Intrinsics | None:
+    """The camera's intrinsics when --depth is given (DepthError says what is wrong)."""
+    if not args.depth:
+        if args.camera_info or args.rectified:
+            raise DepthError("--camera-info and --rectified are only used with --depth")
+        return None
+    if len(args.depth) != len(args.images):
+        raise DepthError(f"{len(args.depth)} --depth for {len(args.images)} images: give one "
+                         "depth image per IMAGE, in the same order")
+    if args.camera_info is None:
+        raise DepthError("--depth needs --camera-info (the colour camera's calibration YAML)")
+    return read_camera_info_yaml(args.camera_info, args.rectified)
+
+
+def _read_depth(path: Path, shape: tuple[int, ...], intrinsics: Intrinsics,
+                max_pixels: int) -> DepthFrame:
+    """A registered depth image file in metres, checked against the colour image."""
+    from fcclip_ros.image_conversion import declared_size
+
+    data = path.read_bytes()
+    check_registered(declared_size(data, max_pixels), shape)
+    intrinsics.check_image(shape[1], shape[0])
+    depth = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH)
+    if depth is None or depth.dtype not in (np.uint16, np.float32):
+        raise DepthError(f"{path} is not a 16-bit (millimetres) or float32 (metres) depth image")
+    return DepthFrame(depth_in_metres(depth, 1e-3 if depth.dtype == np.uint16 else 1.0),
+                      intrinsics)
+
+
+def _write_result(prefix: Path, rgb: np.ndarray, result: Segmentation,
+                  overlay: np.ndarray, depth: DepthFrame | None, points_stride: int) -> None:
+    geometry = {} if depth is None else segment_geometry(result.instances, depth.metres,
+                                                         depth.intrinsics)
+    cv2.imwrite(f"{prefix}_labels.png", result.labels)
+    cv2.imwrite(f"{prefix}_instances.png", result.instances)
+    cv2.imwrite(f"{prefix}_overlay.png", overlay[:, :, ::-1])
+    segments = []
+    for segment in result.segments:
+        fields = asdict(segment)
+        x, y, width, height = segment.bbox
+        fields["bbox"] = {"x_offset": x, "y_offset": y, "width": width, "height": height}
+        box = geometry.get(segment.id, NO_GEOMETRY)
+        fields["center"] = dict(zip("xyz", box.center, strict=True))
+        fields["size"] = dict(zip("xyz", box.size, strict=True))
+        fields["depth_pixels"] = box.depth_pixels
+        segments.append(fields)
+    document = {"image_size": list(rgb.shape[:2]),
+                "vocabulary_version": result.vocabulary_version, "segments": segments}
+    Path(f"{prefix}_segments.json").write_text(json.dumps(document, indent=2))
+    if result.embeddings is not None:
+        np.save(f"{prefix}_embeddings.npy", result.embeddings)
+    if depth is not None:
+        write_ply(f"{prefix}_points.ply",
+                  point_cloud(rgb, result, depth.metres, depth.intrinsics, points_stride))
