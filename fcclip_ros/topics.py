@@ -13,16 +13,14 @@ from typing import Any
 
 import yaml
 
+from fcclip_ros.outputs import FRAME_OUTPUTS, OUTPUTS_BY_NAME, bag_defaults
+
 DEFAULT_IMAGE_TOPICS = ("image",)
-# The per-frame outputs under "<camera ns>/segmentation/", beside the latched `vocabulary`.
-FRAME_OUTPUTS = ("labels", "instances", "confidence", "overlay", "segments", "embeddings")
-# What `fcclip-ros bag` writes unless told otherwise (embeddings are D floats per segment).
-BAG_DEFAULT_OUTPUTS = FRAME_OUTPUTS[:-1]
 CAMERA_INFO = "camera_info"
-DEPTH_OUTPUTS = ("points", "markers")  # published only for cameras with a depth topic
-DEPTH_ONLY_OUTPUTS = (*DEPTH_OUTPUTS, "detections_3d")
-# Every per-frame output `fcclip-ros bag` can write (the vision_msgs ones need vision_msgs).
-BAG_OUTPUTS = (*FRAME_OUTPUTS, *DEPTH_OUTPUTS, "detections", "detections_3d")
+# TRANSITIONAL: the CLI's bag command moves to fcclip_ros.outputs.
+BAG_OUTPUTS = FRAME_OUTPUTS
+BAG_DEFAULT_OUTPUTS = bag_defaults(False, False)
+DEPTH_OUTPUTS = ("points", "markers")
 
 
 def output_namespace(topic: str) -> str:
@@ -110,7 +108,7 @@ def rviz_config(template: Mapping[str, Any], image_topics: Sequence[str],
             shown = prototype["Topic"]["Value"].rsplit("/", 1)[-1]
             display = dict(prototype, Name=f"{prototype['Name']} ({outputs})")
             display["Topic"] = dict(prototype["Topic"], Value=f"{outputs}/{shown}")
-            if shown in DEPTH_OUTPUTS:
+            if shown in OUTPUTS_BY_NAME and OUTPUTS_BY_NAME[shown].needs_depth:
                 display["Enabled"] = display["Value"] = bool(depth.strip())
             displays.append(display)
     manager["Displays"] = others + displays

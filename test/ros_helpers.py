@@ -40,7 +40,7 @@ LATCHED = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 # `fcclip-ros ARGS` without depending on the console script being installed.
 RUN_COMMAND = (
-    "import argparse, sys; from fcclip_ros.ros.commands import add_subcommands; "
+    "import argparse, sys; from fcclip_ros.cli.node_commands import add_subcommands; "
     "parser = argparse.ArgumentParser(); add_subcommands(parser.add_subparsers(required=True)); "
     "args = parser.parse_args(); sys.exit(args.func(args))"
 )
@@ -51,7 +51,7 @@ PARAMS_FILE = ROOT / "config" / "segment.yaml"
 class NodeProcess:
     """The node started as a user would, its output captured in a file.
 
-    `python -m fcclip_ros.ros.node --ros-args ...`, or with `run_command` `fcclip-ros run
+    `python -m fcclip_ros.ros.main --ros-args ...`, or with `run_command` `fcclip-ros run
     --params-file F --ros-args ...`; `ros_arguments` are passed after --ros-args as they are.
     """
 
@@ -70,7 +70,7 @@ class NodeProcess:
             args += ["--params-file", str(params_file)] if params_file else []
             args += ["--ros-args"]
         else:
-            args = [sys.executable, "-m", "fcclip_ros.ros.node", "--ros-args"]
+            args = [sys.executable, "-m", "fcclip_ros.ros.main", "--ros-args"]
             args += ["--params-file", str(params_file)] if params_file else []
         args += ["-r", f"__ns:={namespace}", *ros_arguments]
         for parameter in parameters:

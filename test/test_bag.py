@@ -23,10 +23,11 @@ from mcap_ros2.decoder import DecoderFactory
 from mcap_ros2.writer import Writer as Ros2Writer
 
 from fcclip_ros import cli
+from fcclip_ros.cli.arguments import flag_value
 from fcclip_ros.engine import Engine, EngineConfig
 from fcclip_ros.geometry import Intrinsics
 from fcclip_ros.image_conversion import compressed_to_rgb, image_to_rgb
-from fcclip_ros.ros.message_definitions import message_definition
+from fcclip_ros.ros.bag.message_definitions import message_definition
 
 # `fcclip-ros` as its console script runs it; also where the script is not beside the interpreter
 # (a colcon install puts it in install/bin)
@@ -141,7 +142,7 @@ def test_bag_writes_one_output_set_per_frame_equal_to_the_engine(recorded):
     recording, out, cache = recorded
     engine = Engine(EngineConfig(model="tiny", weights="random", clip_weights="random",
                                  input_short_side=SHORT_SIDE, overlap_threshold=0.0,
-                                 vocabulary=tuple(cli._split_vocabulary(VOCABULARY)),
+                                 vocabulary=flag_value("vocabulary", VOCABULARY),
                                  cache_dir=str(cache)))
     result_path = out / "segmented_0.mcap"
     cameras = {"/front/image": ("/front/segmentation", image_to_rgb),
@@ -368,7 +369,9 @@ def test_recovery_keeps_what_a_killed_run_wrote_up_to_its_last_whole_checkpoint(
     """A partial MCAP and checkpoint log as a kill leaves them: checkpoints after 5, 17 and 30
     messages, 10 more messages still in the writer's memory, and maybe the last chunk or the
     last log line cut short on disk."""
-    from fcclip_ros.ros.bag_files import BagError, OutputBag, read_progress, recover_killed_run
+    from fcclip_ros.ros.bag.reader import BagError
+    from fcclip_ros.ros.bag.resume import read_progress, recover_killed_run
+    from fcclip_ros.ros.bag.writer import OutputBag
 
     _, out, _ = recorded
     messages = raw_messages(out / "segmented_0.mcap")[:40]
@@ -413,7 +416,7 @@ def test_batched_frames_give_the_same_bag_as_one_at_a_time(recorded, tmp_path):
     recording, out, cache = recorded
     config = EngineConfig(model="tiny", weights="random", clip_weights="random",
                           input_short_side=SHORT_SIDE, overlap_threshold=0.0,
-                          vocabulary=tuple(cli._split_vocabulary(VOCABULARY)),
+                          vocabulary=flag_value("vocabulary", VOCABULARY),
                           cache_dir=str(cache))
     options = BagOptions(outputs=("labels", "segments"), batch_size=3)
     report = BagJob(recording, tmp_path / "batched", options, {}).run(Engine(config))
@@ -553,7 +556,7 @@ def test_bag_refuses_depth_of_another_size_per_frame_and_writes_2d(tmp_path, cap
     (["--depth-topics", COLOUR, INFO], "2 depth topics for 1 --topics"),
     (["--depth-topics", DEPTH_TOPIC, "--camera-info-topics", COLOUR],
      f"{COLOUR} is sensor_msgs/msg/Image, not sensor_msgs/msg/CameraInfo"),
-    (["--outputs", "points"], "cannot write points: no camera has --depth-topics"),
+    (["--outputs", "points"], "cannot write points: no camera has a depth topic (--depth-topics)"),
 ])
 def test_bag_refuses_unusable_depth_settings_before_loading_a_model(tmp_path, capsys, extra,
                                                                      message):
@@ -566,7 +569,7 @@ def test_bag_refuses_unusable_depth_settings_before_loading_a_model(tmp_path, ca
 
 
 def test_bag_writes_vision_msgs_where_importable_and_says_why_not_elsewhere(tmp_path, capsys):
-    from fcclip_ros.ros.spatial_outputs import vision_msgs
+    from fcclip_ros.ros.messages import vision_msgs
 
     recording = tmp_path / "rgbd.mcap"
     write_rgbd_recording(recording)
@@ -599,7 +602,8 @@ def test_output_bag_writes_messages_rclpy_reads_back_equal_fixed_size_arrays_inc
     from geometry_msgs.msg import PoseWithCovarianceStamped
     from rclpy.serialization import deserialize_message
 
-    from fcclip_ros.ros.bag_files import OutputBag, read_progress
+    from fcclip_ros.ros.bag.resume import read_progress
+    from fcclip_ros.ros.bag.writer import OutputBag
 
     bag = OutputBag(tmp_path / "poses", {"input": "none", "options": "none"})
     bag.add_output_topic("/pose", PoseWithCovarianceStamped)

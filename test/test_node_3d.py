@@ -339,7 +339,7 @@ def test_a_camera_without_depth_has_no_3d_outputs(peer, rgbd):
 
 
 @pytest.mark.skipif(not HAVE_VISION_MSGS, reason="vision_msgs is not installed here; "
-                    "test_spatial_outputs checks the same messages with stand-in types")
+                    "test_messages checks the same messages with stand-in types")
 def test_vision_msgs_detections_match_the_segments_over_dds(peer, rgbd):
     outputs = rgbd()
     msg, frame = publish_rgbd(peer, outputs, ["segments", "detections", "detections_3d"],
@@ -364,7 +364,7 @@ def test_vision_msgs_detections_match_the_segments_over_dds(peer, rgbd):
 
 
 @pytest.mark.skipif(not HAVE_VISION_MSGS, reason="vision_msgs is not installed here; "
-                    "test_spatial_outputs checks the same message with stand-in types")
+                    "test_messages checks the same message with stand-in types")
 def test_label_info_is_latched_and_republished_on_every_vocabulary_change(peer):
     from rclpy.qos import DurabilityPolicy, QoSProfile
     from vision_msgs.msg import LabelInfo
@@ -393,12 +393,10 @@ def test_without_vision_msgs_the_node_says_once_which_outputs_are_off(node, peer
 
 @pytest.mark.parametrize("name", ["depth_topics", "camera_info_topics"])
 def test_depth_and_camera_info_lists_must_match_the_cameras(name):
-    from rclpy.parameter import Parameter
+    from fcclip_ros.ros.parameters import ConfigurationError, check
+    from fcclip_ros.settings import SETTINGS
 
-    from fcclip_ros.ros.parameters import PARAMETERS, ConfigurationError, check
-
-    values = {spec.name: [] if isinstance(spec.default, Parameter.Type) else spec.default
-              for spec in PARAMETERS}
+    values = {setting.name: setting.default for setting in SETTINGS}
     values |= {"image_topics": ["/a/image", "/b/image"], name: ["/a/depth"]}
     with pytest.raises(ConfigurationError, match=f"{name} has 1 topics but image_topics has 2"):
         check(values)

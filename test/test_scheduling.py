@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from fcclip_ros.ros.scheduling import FrameScheduler
+from fcclip_ros.scheduling import FrameScheduler
 
 
 def test_a_newer_frame_replaces_the_waiting_one_and_counts_it_as_skipped():

@@ -7,12 +7,17 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
-from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 
 from fcclip_ros.engine import Engine
-from fcclip_ros.ros.scheduling import SlotCounts
+from fcclip_ros.ros import parameters
+from fcclip_ros.scheduling import FrameScheduler, SlotCounts
+
+if TYPE_CHECKING:
+    from fcclip_ros.ros.node import SegmenterNode
 
 STATS_WINDOW_S = 10.0  # rates and means cover this much recent time
 NO_INPUT_WARNING_S = 5.0  # a camera silent this long is reported as a warning
@@ -153,3 +158,24 @@ def engine_status(name: str, lifecycle_state: str, engine: Engine | None,
         level = DiagnosticStatus.OK
         message = "ok" if lifecycle_state == "active" else lifecycle_state
     return _status(level, name, message, str(engine.device), values)
+
+
+def node_diagnostics(node: SegmenterNode, scheduler: FrameScheduler | None) -> DiagnosticArray:
+    """One status per camera (none before configure) and one for the engine."""
+    msg = DiagnosticArray()
+    msg.header.stamp = node.get_clock().now().to_msg()
+    engine = node.engine
+    msg.status = [
+        camera_status(
+            f"{node.get_name()}: {node.resolve_topic_name(camera.source)}",
+            scheduler.counts[camera.index], camera.stats, camera.counts(),
+            node.count_publishers(camera.source), node.dds_advice,
+            str(engine.device) if engine else "",
+        )
+        for camera in (node.cameras if scheduler else [])
+    ]
+    msg.status.append(engine_status(
+        f"{node.get_name()}: engine", node.lifecycle_state(), engine,
+        parameters.values(node), node.dds_case, node.configure_error,
+    ))
+    return msg

@@ -1,17 +1,17 @@
-"""`fcclip-ros bag`: every image frame of a recorded MCAP through the engine, into a new bag.
+"""One `fcclip-ros bag` run: every image frame of a recorded MCAP through the engine.
 
 The output is a rosbag2 folder (`OUT/OUT_0.mcap` + `metadata.yaml`) holding every input message
 unchanged and, after each processed frame, the node's outputs for it under the same
-`<camera>/segmentation/` topics, stamped with the frame's header and logged at its log time.
-Messages are built by the node's own functions (fcclip_ros.ros.outputs), so a bag holds what the
-node would publish for the same frame; reading and writing the files is fcclip_ros.ros.bag_files.
+`<camera>/segmentation/` topics, stamped with the frame's header and logged at its log time. Each
+camera's frames go through the node's frame pipeline (fcclip_ros.frame_pipeline: depth pairing,
+3D) and message builders (fcclip_ros.ros.messages), so a bag holds what the node would publish.
 
 Progress lives in the output itself (an MCAP metadata record), which is what `--resume` reads:
 an interrupted run finishes a valid file of whole frames, and a resumed run copies it and goes on
 from the first message it had not handled, producing the same file an uninterrupted run would.
 A run that could not finish its file (SIGKILL, out of memory) leaves the partial MCAP and a
 checkpoint per written batch of frames; `--resume` first rebuilds a finished file up to the last
-checkpoint the partial MCAP holds whole (bag_files.recover_killed_run).
+checkpoint the partial MCAP holds whole (resume.recover_killed_run).
 """
 
 from __future__ import annotations
@@ -22,85 +22,60 @@ import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from mcap.records import Message
 from rclpy.serialization import deserialize_message
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
-from visualization_msgs.msg import MarkerArray
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
+from fcclip_ros.depth_pairing import PendingDepth
 from fcclip_ros.engine import Engine, EngineError, EngineInterruptedError
-from fcclip_ros.geometry import (
-    DepthError,
-    DepthFrame,
-    point_cloud,
-    registered_depth,
-    segment_geometry,
+from fcclip_ros.frame_pipeline import DepthSource, FramePipeline, ThreeDCounts
+from fcclip_ros.image_conversion import (
+    DEFAULT_MAX_INPUT_PIXELS,
+    ImageConversionError,
+    compressed_to_rgb,
+    image_to_rgb,
 )
-from fcclip_ros.image_conversion import ImageConversionError, compressed_to_rgb, image_to_rgb
-from fcclip_ros.overlay import OverlayStyle, draw_overlay
+from fcclip_ros.outputs import OUTPUTS, available, bag_defaults, unavailable_reason
+from fcclip_ros.overlay import OverlayStyle
 from fcclip_ros.result import Segmentation
-from fcclip_ros.ros.bag_files import (
-    IMAGE_TYPES,
-    LATCHED_QOS,
-    BagError,
-    InputBag,
-    OutputBag,
-    Topic,
-    read_progress,
-    recover_killed_run,
-)
-from fcclip_ros.ros.message_definitions import (
-    message_type_name,
-)
-from fcclip_ros.ros.outputs import (
-    embeddings_message,
-    image_message,
-    segments_message,
-    vocabulary_message,
-)
-from fcclip_ros.ros.pairing import RecordedDepth, header_stamp_ns
-from fcclip_ros.ros.spatial_outputs import (
-    VISION_OUTPUTS,
-    detections_3d_message,
-    detections_message,
-    label_info_message,
-    markers_message,
-    points_message,
-    vision_msgs,
-)
-from fcclip_ros.topics import (
-    BAG_DEFAULT_OUTPUTS,
-    DEPTH_ONLY_OUTPUTS,
-    camera_info_topic,
-    is_rectified_topic,
-    output_namespace,
-)
+from fcclip_ros.ros.bag.message_definitions import message_type_name
+from fcclip_ros.ros.bag.reader import IMAGE_TYPES, BagError, InputBag, Topic
+from fcclip_ros.ros.bag.resume import read_progress, recover_killed_run
+from fcclip_ros.ros.bag.writer import LATCHED_QOS, OutputBag
+from fcclip_ros.ros.messages import FRAME_MESSAGES, VOCABULARY_MESSAGES, message_class, vision_msgs
+from fcclip_ros.settings import default
+from fcclip_ros.topics import camera_info_topic, is_rectified_topic, output_namespace
 
 MAX_REPORTED_FAILURES = 5
-
+# A recorded colour frame waits for its depth until a depth stamped at or after it is read, or
+# this much log time has passed (recorders log depth and colour in either order).
+RECORDED_DEPTH_WAIT_S = 1.0
+LATCHED_OUTPUTS = tuple(output.name for output in OUTPUTS if output.latched)
 
 
 @dataclass(frozen=True)
 class BagOptions:
     topics: tuple[str, ...] = ()  # image topics to segment; empty: every image topic
     every: int = 1  # segment every N-th frame of each camera
-    outputs: tuple[str, ...] = BAG_DEFAULT_OUTPUTS  # per-frame outputs, from BAG_OUTPUTS
+    outputs: tuple[str, ...] = ()  # per-frame outputs (fcclip_ros.outputs); empty: the defaults
     batch_size: int = 1
-    max_input_pixels: int = 4096 * 4096
+    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
     depth_topics: tuple[str, ...] = ()  # one per entry of `topics` ("" = none); empty: no 3D
     camera_info_topics: tuple[str, ...] = ()  # one per entry of `topics`; empty: beside each
-    depth_max_delay_s: float = 0.05
-    points_stride: int = 1
+    depth_max_delay_s: float = default("depth_max_delay_s")
+    points_stride: int = default("points_stride")
     style: OverlayStyle = field(default_factory=OverlayStyle)
 
-    def fingerprint(self, engine_settings: dict[str, Any]) -> str:
+    def fingerprint(self, outputs: tuple[str, ...], engine_settings: dict[str, Any]) -> str:
         """What must match for --resume to continue a file (the style is not recorded)."""
         settings = {key: value for key, value in asdict(self).items()
                     if key not in ("style", "batch_size")}
-        return json.dumps({**settings, "engine": engine_settings}, sort_keys=True)
+        return json.dumps({**settings, "outputs": outputs, "engine": engine_settings},
+                          sort_keys=True)
 
 
 @dataclass
@@ -111,12 +86,12 @@ class BagReport:
     frames_3d: int = 0  # segmented with depth (cameras with a depth topic)
     frames_without_depth: int = 0  # no depth frame within depth_max_delay_s: 2D only
     frames_depth_refused: int = 0  # depth or CameraInfo unusable (size, encoding): 2D only
+    frames_3d_failed: int = 0  # the 3D step raised: 2D only
     messages_done: int = 0  # input messages handled, in reading order
     failures: list[str] = field(default_factory=list)  # the first few reasons
-    depth_notes: list[str] = field(default_factory=list)  # the first few depth refusals
+    depth_notes: list[str] = field(default_factory=list)  # the first few reasons for no 3D
     interrupted: bool = False
-    COUNTS = ("messages_done", "frames_done", "frames_failed", "frames_3d",
-              "frames_without_depth", "frames_depth_refused")
+    COUNTS = ("messages_done", "frames_done", "frames_failed", *ThreeDCounts().as_dict())
 
     def counts(self) -> dict[str, str]:
         """COUNTS as the progress record holds them."""
@@ -127,8 +102,7 @@ class BagReport:
         if len(self.failures) < MAX_REPORTED_FAILURES:
             self.failures.append(reason)
 
-    def refuse_depth(self, reason: str) -> None:
-        self.frames_depth_refused += 1
+    def note_depth(self, reason: str) -> None:
         if len(self.depth_notes) < MAX_REPORTED_FAILURES:
             self.depth_notes.append(reason)
 
@@ -145,16 +119,12 @@ class _Entry:
     msg: Any = None  # the deserialized Image / CompressedImage
     rgb: Any = None  # its (H, W, 3) uint8 pixels
     result: Segmentation | None = None
-    depth: DepthFrame | None = None
+    depth: PendingDepth | None = None  # its depth candidates, with a depth topic
 
 
-@dataclass
-class _CameraDepth:
-    """A camera's depth and CameraInfo topics in the recording, and what was read of them."""
-    depth_topic: str
-    info_topic: str
-    pairing: RecordedDepth
-    camera_info: Any = None  # the latest CameraInfo read
+class _CameraDepth(NamedTuple):
+    topic: str
+    source: DepthSource
 
 
 class BagJob:
@@ -169,9 +139,14 @@ class BagJob:
         self.cameras = self._cameras()
         self.namespaces = self._output_namespaces()
         self.depth = self._depth_topics()
-        self.outputs = self._outputs_per_camera()
+        self.outputs_asked = self._outputs_asked()
+        self.outputs = {camera: available(camera in self.depth, vision_msgs is not None,
+                                          [*self.outputs_asked, *LATCHED_OUTPUTS])
+                        for camera in self.cameras}
         self._fingerprint = {"input": self.source.fingerprint(),
-                             "options": options.fingerprint(engine_settings)}
+                             "options": options.fingerprint(self.outputs_asked, engine_settings)}
+        self.pipelines: dict[str, FramePipeline] = {}  # per camera, made by run()
+        self._restored_3d = ThreeDCounts()  # the 3D counts of the run being resumed
         self.recovered = ""  # what was recovered of a killed run, when resuming one
         self._previous = self._check_output(resume)
         self.report = BagReport(frames_total=self._frames_total())
@@ -214,7 +189,8 @@ class BagJob:
         return namespaces
 
     def _depth_topics(self) -> dict[str, _CameraDepth]:
-        """Cameras with depth: their depth and CameraInfo topics, checked against the bag."""
+        """Cameras with depth: where their depth and CameraInfo come from, checked against the
+        bag."""
         options = self.options
         if not options.depth_topics and not options.camera_info_topics:
             return {}
@@ -238,25 +214,28 @@ class BagJob:
                 if found.schema.name != message_type_name(wanted):
                     raise BagError(f"{topic} is {found.schema.name}, not "
                                    f"{message_type_name(wanted)}")
-            depth[camera] = _CameraDepth(depth_topic, info_topic,
-                                         RecordedDepth(options.depth_max_delay_s))
+            depth[camera] = _CameraDepth(depth_topic, DepthSource(
+                info_topic, is_rectified_topic(camera), options.depth_max_delay_s,
+                RECORDED_DEPTH_WAIT_S))
         return depth
 
-    def _outputs_per_camera(self) -> dict[str, tuple[str, ...]]:
-        """What is written after each frame of each camera: the 3D outputs only for cameras
-        with depth, the vision_msgs ones only where vision_msgs is importable (as the node)."""
-        for unavailable, reason in (
-                ([name for name in self.options.outputs
-                  if name in VISION_OUTPUTS and vision_msgs is None],
-                 "vision_msgs is not importable (source a ROS 2 install that has it)"),
-                ([name for name in self.options.outputs
-                  if name in DEPTH_ONLY_OUTPUTS and not self.depth],
-                 "no camera has --depth-topics")):
-            if unavailable:
-                raise BagError(f"cannot write {', '.join(unavailable)}: {reason}")
-        return {camera: tuple(name for name in self.options.outputs
-                              if camera in self.depth or name not in DEPTH_ONLY_OUTPUTS)
-                for camera in self.cameras}
+    def _outputs_asked(self) -> tuple[str, ...]:
+        """The per-frame outputs to write (the default set for what this run has), checked. A
+        camera gets those it can have, as in the node: the 3D ones only with depth."""
+        with_depth, with_vision = bool(self.depth), vision_msgs is not None
+        asked = self.options.outputs or bag_defaults(with_depth, with_vision)
+        unknown = [name for name in asked if name not in FRAME_MESSAGES]
+        if unknown:
+            raise BagError(f"{', '.join(unknown)}: not a per-frame output; choose from "
+                           f"{', '.join(FRAME_MESSAGES)}")
+        unavailable: dict[str, list[str]] = {}
+        for name in asked:
+            reason = unavailable_reason(name, with_depth, with_vision)
+            if reason:
+                unavailable.setdefault(reason, []).append(name)
+        for reason, names in unavailable.items():
+            raise BagError(f"cannot write {', '.join(names)}: {reason}")
+        return available(with_depth, with_vision, asked)
 
     def _frames_total(self) -> int:
         every = self.options.every
@@ -307,6 +286,14 @@ class BagJob:
     def run(self, engine: Engine, on_frame: Callable[[int], None] = lambda _: None) -> BagReport:
         """Writes the output bag; `on_frame(n)` each time the frames handled reach n."""
         self._engine = engine
+        self.pipelines = {
+            camera: FramePipeline(
+                engine.config.model, self.options.points_stride, self.options.style,
+                self.depth[camera].source if camera in self.depth else None,
+                self.options.max_input_pixels,
+                warn=lambda reason, camera=camera: self.report.note_depth(f"{camera}: {reason}"))
+            for camera in self.cameras
+        }
         output = OutputBag(self.out, self._fingerprint)
         try:
             self._register_topics(output)
@@ -327,37 +314,22 @@ class BagJob:
         for topic in self.source.topics.values():
             output.add_topic(topic.name, topic.schema.name, topic.schema.data,
                              dict(topic.channel.metadata))
-        from fcclip_ros.msg import SegmentArray, SegmentEmbeddings, Vocabulary
-
-        classes = {"labels": Image, "instances": Image, "confidence": Image, "overlay": Image,
-                   "segments": SegmentArray, "embeddings": SegmentEmbeddings,
-                   "points": PointCloud2, "markers": MarkerArray}
-        if vision_msgs is not None:
-            classes |= {"detections": vision_msgs.Detection2DArray,
-                        "detections_3d": vision_msgs.Detection3DArray}
         for camera, namespace in self.namespaces.items():
             for name in self.outputs[camera]:
-                output.add_output_topic(f"{namespace}/{name}", classes[name])
-            output.add_output_topic(f"{namespace}/vocabulary", Vocabulary, LATCHED_QOS)
-            if vision_msgs is not None:
-                output.add_output_topic(f"{namespace}/label_info", vision_msgs.LabelInfo,
-                                        LATCHED_QOS)
+                latched = {"qos": LATCHED_QOS} if name in LATCHED_OUTPUTS else {}
+                output.add_output_topic(f"{namespace}/{name}", message_class(name), **latched)
 
     def _write_vocabulary(self, output: OutputBag, engine: Engine) -> None:
-        """Once per camera, at the start of the recording: the node latches it the same way
-        (and vision_msgs' LabelInfo beside it)."""
+        """Once per camera, at the start of the recording: the node latches them the same way."""
         from builtin_interfaces.msg import Time
-        from std_msgs.msg import Header
 
         start = self.source.start_time or 0
         stamp = Time(sec=start // 1_000_000_000, nanosec=start % 1_000_000_000)
         state = engine.vocabulary.current
-        msg = vocabulary_message(state, stamp)
-        for namespace in self.namespaces.values():
-            output.publish(f"{namespace}/vocabulary", msg, start)
-            if vision_msgs is not None:
-                output.publish(f"{namespace}/label_info",
-                               label_info_message(state.vocabulary, Header(stamp=stamp)), start)
+        for camera, namespace in self.namespaces.items():
+            for name, build in VOCABULARY_MESSAGES.items():
+                if name in self.outputs[camera]:
+                    output.publish(f"{namespace}/{name}", build(state, stamp), start)
 
     def _copy_previous(self, output: OutputBag, progress: dict[str, str]) -> int:
         """Copies the interrupted run's file into the new one; returns how many input messages
@@ -369,7 +341,9 @@ class BagJob:
                 output.write(channel.topic, message.data, message.log_time,
                              message.publish_time, message.sequence)
         for count in BagReport.COUNTS:
-            setattr(self.report, count, int(progress[count]))
+            setattr(self.report, count, int(progress.get(count, 0)))
+        self._restored_3d = ThreeDCounts(**{name: getattr(self.report, name)
+                                            for name in ThreeDCounts().as_dict()})
         return self.report.messages_done
 
     def _process(self, output: OutputBag, engine: Engine, skip: int,
@@ -378,8 +352,8 @@ class BagJob:
         message followed by its frame's outputs. Stops between batches when asked to; a batch
         cut short is not written, so the file always ends after a whole frame."""
         frames_seen = dict.fromkeys(self.cameras, 0)
-        depth_of = {d.depth_topic: d for d in self.depth.values()}
-        info_of = {d.info_topic: d for d in self.depth.values()}
+        depth_of = {d.topic: self.pipelines[c] for c, d in self.depth.items()}
+        info_of = {d.source.info_topic: self.pipelines[c] for c, d in self.depth.items()}
         pending: list[_Entry] = []
         for index, (topic, message) in enumerate(self.source.messages()):
             selected = False
@@ -406,17 +380,17 @@ class BagJob:
                 return
         self.report.interrupted = True
 
-    def _observe(self, topic: str, message: Message, depth_of: dict[str, _CameraDepth],
-                 info_of: dict[str, _CameraDepth]) -> None:
+    def _observe(self, topic: str, message: Message, depth_of: dict[str, FramePipeline],
+                 info_of: dict[str, FramePipeline]) -> None:
         if topic in depth_of:
             try:
                 depth = deserialize_message(message.data, Image)
             except (ValueError, RuntimeError):
                 return  # an unreadable depth frame pairs with nothing
-            depth_of[topic].pairing.add_depth(header_stamp_ns(depth.header), depth)
+            depth_of[topic].add_depth(depth, message.log_time)
         if topic in info_of:
             with contextlib.suppress(ValueError, RuntimeError):  # else the previous one holds
-                info_of[topic].camera_info = deserialize_message(message.data, CameraInfo)
+                info_of[topic].add_camera_info(deserialize_message(message.data, CameraInfo))
 
     def _read_frame(self, entry: _Entry) -> None:
         """Deserializes a frame to segment, and with depth enters it for pairing."""
@@ -425,15 +399,13 @@ class BagJob:
             entry.msg = deserialize_message(entry.message.data, message_class)
         except (ValueError, RuntimeError):
             return  # reported when its batch is written
-        depth = self.depth.get(entry.topic.name)
-        if depth is not None:
-            depth.pairing.add_colour(id(entry), header_stamp_ns(entry.msg.header),
-                                     entry.message.log_time)
+        entry.depth = self.pipelines[entry.topic.name].add_colour(entry.msg.header,
+                                                                  entry.message.log_time)
 
     def _decided(self, entry: _Entry, log_time_now: int, at_end: bool) -> bool:
-        depth = self.depth.get(entry.topic.name)
-        return (at_end or entry.msg is None or depth is None
-                or depth.pairing.decided(id(entry), log_time_now))
+        pairing = self.pipelines[entry.topic.name].pairing
+        return (at_end or entry.depth is None
+                or pairing.decided(entry.depth, log_time_now))
 
     def _write_ready(self, output: OutputBag, engine: Engine, pending: list[_Entry],
                      log_time_now: int, at_end: bool) -> bool:
@@ -466,8 +438,8 @@ class BagJob:
             try:
                 results = engine.segment_batch(
                     [entry.rgb for entry in frames],
-                    with_confidence="confidence" in self.options.outputs,
-                    with_embeddings="embeddings" in self.options.outputs)
+                    with_confidence="confidence" in self.outputs_asked,
+                    with_embeddings="embeddings" in self.outputs_asked)
             except EngineInterruptedError:
                 return False
             except EngineError as error:
@@ -481,12 +453,10 @@ class BagJob:
             output.write(entry.topic.name, message.data, message.log_time,
                          message.publish_time, message.sequence)
             if entry.result is not None:
-                self._pair_depth(entry)
-                self._write_outputs(output, engine, entry)
-            elif entry.selected and entry.topic.name in self.depth and entry.msg is not None:
-                self.depth[entry.topic.name].pairing.take(id(entry))
+                self._write_outputs(output, entry)
         for reason in failures:
             self.report.fail(reason)
+        self._count_3d()
         self.report.messages_done += len(entries)
         self.report.frames_done += sum(entry.selected for entry in entries)
         if any(entry.selected for entry in entries):  # not per message of a busy IMU topic
@@ -505,51 +475,21 @@ class BagJob:
             return f"{where}: {error}"
         return None
 
-    def _pair_depth(self, entry: _Entry) -> None:
-        """entry.depth: the frame's registered depth in metres, where its camera has depth."""
-        camera = self.depth.get(entry.topic.name)
-        if camera is None:
-            return
-        depth_msg = camera.pairing.take(id(entry))
-        if depth_msg is None:
-            self.report.frames_without_depth += 1
-            return
-        try:
-            entry.depth = registered_depth(depth_msg, camera.camera_info, entry.rgb.shape,
-                                           self.options.max_input_pixels, camera.info_topic,
-                                           is_rectified_topic(entry.topic.name))
-        except (DepthError, ImageConversionError) as error:
-            self.report.refuse_depth(f"{entry.topic.name} at log time "
-                                     f"{entry.message.log_time}: {error}")
-            return
-        self.report.frames_3d += 1
+    def _write_outputs(self, output: OutputBag, entry: _Entry) -> None:
+        """The frame's outputs, built as the node builds them, after the frame's message."""
+        camera = entry.topic.name
+        pipeline = self.pipelines[camera]
+        depth = pipeline.depth_for(entry.depth, entry.rgb.shape)
+        frame = pipeline.frame(entry.msg.header, entry.rgb, entry.result, depth,
+                               with_points="points" in self.outputs[camera])
+        namespace = self.namespaces[camera]
+        for name in self.outputs[camera]:
+            msg = FRAME_MESSAGES[name](frame) if name in FRAME_MESSAGES else None
+            if msg is not None:
+                output.publish(f"{namespace}/{name}", msg, entry.message.log_time)
 
-    def _write_outputs(self, output: OutputBag, engine: Engine, entry: _Entry) -> None:
-        header, result, log_time = entry.msg.header, entry.result, entry.message.log_time
-        depth = entry.depth
-        geometry = None
-        if depth is not None:
-            geometry = segment_geometry(result.instances, depth.metres, depth.intrinsics)
-        messages: dict[str, Callable[[], Any]] = {
-            "labels": lambda: image_message(header, result.labels, "mono16"),
-            "instances": lambda: image_message(header, result.instances, "mono16"),
-            "confidence": lambda: image_message(header, result.confidence, "32FC1"),
-            "overlay": lambda: image_message(
-                header, draw_overlay(entry.rgb, result.instances, result.segments,
-                                     self.options.style), "rgb8"),
-            "segments": lambda: segments_message(header, result, geometry),
-            "embeddings": lambda: embeddings_message(header, result, engine.config.model),
-            "markers": lambda: markers_message(header, result, geometry or {}),
-            "detections": lambda: detections_message(header, result),
-        }
-        if depth is not None:  # the node publishes these only for frames with depth too
-            messages |= {
-                "points": lambda: points_message(header, point_cloud(
-                    entry.rgb, result, depth.metres, depth.intrinsics,
-                    self.options.points_stride)),
-                "detections_3d": lambda: detections_3d_message(header, result, geometry),
-            }
-        namespace = self.namespaces[entry.topic.name]
-        for name in self.outputs[entry.topic.name]:
-            if name in messages:
-                output.publish(f"{namespace}/{name}", messages[name](), log_time)
+    def _count_3d(self) -> None:
+        """The report's 3D counts: the earlier run's (when resuming) and this run's."""
+        for name, count in self._restored_3d.as_dict().items():
+            setattr(self.report, name,
+                    count + sum(getattr(p.counts, name) for p in self.pipelines.values()))

@@ -1,27 +1,32 @@
-"""The 3D and vision_msgs outputs of a Segmentation, as plain builder functions, and their
-publishers.
+"""Every output of fcclip_ros.outputs.OUTPUTS as a ROS message: one builder per name.
 
-`points` (PointCloud2) and `markers` (MarkerArray) exist for cameras with a depth topic;
-`detections` (vision_msgs/Detection2DArray), `detections_3d` (Detection3DArray, with depth) and
-`label_info` (LabelInfo, transient local) whenever vision_msgs is importable: it is in every ROS 2
-distro but not on PyPI, so it stays optional. The vision_msgs builders take the message module as
-an argument, so their logic runs (and is tested) with stand-in types where it is absent.
+The node publishes what these build and `fcclip-ros bag` writes the same messages, so a bag holds
+what the node would publish for the same frame. Per-frame builders take a frame_pipeline.Frame and
+return None when the frame has nothing for that output (no 3D, no embeddings); the latched ones
+take the vocabulary in force.
+
+vision_msgs is in every ROS 2 distro but not on PyPI, so it stays optional: the vision_msgs
+builders take the message module as an argument, so their logic runs (and is tested) with stand-in
+types where it is absent.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import ModuleType
 from typing import Any
 
 import numpy as np
 from geometry_msgs.msg import Point, Pose, PoseWithCovariance, Quaternion, Vector3
-from rclpy.lifecycle import LifecycleNode
-from sensor_msgs.msg import PointCloud2, PointField
-from std_msgs.msg import ColorRGBA
+from sensor_msgs.msg import Image, PointCloud2, PointField, RegionOfInterest
+from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from fcclip_ros.geometry import SegmentGeometry
+from fcclip_ros.frame_pipeline import Frame
+from fcclip_ros.geometry import NO_GEOMETRY, SegmentGeometry
+from fcclip_ros.image_conversion import fill_image
+from fcclip_ros.msg import Segment, SegmentArray, SegmentEmbeddings
+from fcclip_ros.msg import Vocabulary as VocabularyMessage
 from fcclip_ros.overlay import class_color
 from fcclip_ros.result import UNLABELED, Segmentation
 from fcclip_ros.vocabulary import Vocabulary, VocabularyState
@@ -31,7 +36,6 @@ try:
 except ImportError:
     vision_msgs = None
 
-VISION_OUTPUTS = ("detections", "detections_3d", "label_info")
 BOX_ALPHA = 0.35
 TEXT_HEIGHT_M = 0.05
 # PointCloud2 layout: x, y, z, rgb (PCL's packed 0x00RRGGBB, stored in a float32 field), label
@@ -46,6 +50,60 @@ CLOUD_FIELDS = [
     PointField(name="label", offset=16, datatype=PointField.UINT16, count=1),
     PointField(name="instance", offset=18, datatype=PointField.UINT16, count=1),
 ]
+
+
+def image_message(header: Any, pixels: np.ndarray, encoding: str) -> Image:
+    return fill_image(Image(header=header), pixels, encoding)
+
+
+def segments_message(header: Any, result: Segmentation,
+                     geometry: Mapping[int, SegmentGeometry] | None = None) -> SegmentArray:
+    """The SegmentArray of one result, stamped with the input's header; the 3D fields from
+    `geometry` (segment id -> box; zero for segments it lacks)."""
+    geometry = geometry or {}
+    msg = SegmentArray(header=header, vocabulary_version=result.vocabulary_version)
+    msg.segments = [_segment(s, geometry.get(s.id, NO_GEOMETRY)) for s in result.segments]
+    return msg
+
+
+def _segment(segment: Any, box: SegmentGeometry) -> Segment:
+    x, y, width, height = segment.bbox
+    return Segment(
+        id=segment.id,
+        class_id=segment.class_id,
+        label=segment.label,
+        score=float(segment.score),
+        is_thing=segment.is_thing,
+        area=segment.area,
+        bbox=RegionOfInterest(x_offset=x, y_offset=y, width=width, height=height),
+        center=_point(box.center),
+        size=Vector3(x=box.size[0], y=box.size[1], z=box.size[2]),
+        depth_pixels=box.depth_pixels,
+    )
+
+
+def embeddings_message(header: Any, result: Segmentation, model: str) -> SegmentEmbeddings:
+    """The segments' CLIP embeddings of one result (which must carry them), rows in id order."""
+    embeddings = result.embeddings
+    return SegmentEmbeddings(
+        header=header,
+        vocabulary_version=result.vocabulary_version,
+        model=model,
+        dimension=embeddings.shape[1],
+        segment_ids=[segment.id for segment in result.segments],
+        data=embeddings.astype(np.float32, copy=False).ravel(),
+    )
+
+
+def vocabulary_message(state: VocabularyState, stamp: Any) -> VocabularyMessage:
+    msg = VocabularyMessage(
+        version=state.version,
+        classes=list(state.vocabulary.entries),
+        is_thing=list(state.vocabulary.is_thing),
+        unlabeled_id=UNLABELED,
+    )
+    msg.header.stamp = stamp
+    return msg
 
 
 def points_message(header: Any, cloud: np.ndarray) -> PointCloud2:
@@ -153,55 +211,60 @@ def label_info_message(vocabulary: Vocabulary, header: Any,
     return types.LabelInfo(header=header, class_map=class_map)
 
 
-class SpatialOutputs:
-    """One camera's `points`, `markers`, `detections`, `detections_3d` and `label_info`
-    publishers: the 3D ones only with depth, the vision_msgs ones only with vision_msgs."""
+# ---- one builder per output of fcclip_ros.outputs.OUTPUTS --------------------------------------
 
-    def __init__(self, node: LifecycleNode, namespace: str, with_depth: bool,
-                 qos: Any, latched_qos: Any) -> None:
-        self._node = node
-        self.points_published = self.marker_arrays_published = 0
 
-        def publisher(message_type: type, name: str, profile: Any = qos) -> Any:
-            return node.create_lifecycle_publisher(message_type, f"{namespace}/{name}", profile)
+def _confidence(frame: Frame) -> Image | None:
+    confidence = frame.result.confidence
+    return None if confidence is None else image_message(frame.header, confidence, "32FC1")
 
-        self.points = publisher(PointCloud2, "points") if with_depth else None
-        self.markers = publisher(MarkerArray, "markers") if with_depth else None
-        vision = vision_msgs is not None
-        self.detections = publisher(vision_msgs.Detection2DArray, "detections") if vision else None
-        self.detections_3d = (publisher(vision_msgs.Detection3DArray, "detections_3d")
-                              if vision and with_depth else None)
-        self.label_info = (publisher(vision_msgs.LabelInfo, "label_info", latched_qos)
-                           if vision else None)
-        self._all = [p for p in (self.points, self.markers, self.detections, self.detections_3d,
-                                 self.label_info) if p is not None]
 
-    @property
-    def wants_points(self) -> bool:
-        return self.points is not None and self.points.get_subscription_count() > 0
+def _embeddings(frame: Frame) -> SegmentEmbeddings | None:
+    if frame.result.embeddings is None:
+        return None
+    return embeddings_message(frame.header, frame.result, frame.model)
 
-    def publish(self, header: Any, result: Segmentation,
-                geometry: Mapping[int, SegmentGeometry] | None,
-                cloud: np.ndarray | None) -> None:
-        """`geometry` None: this frame had no usable depth (the 2D detections go out, and the
-        markers only clear the previous frame's)."""
-        if self.detections is not None:
-            self.detections.publish(detections_message(header, result))
-        if self.markers is not None and self.markers.get_subscription_count() > 0:
-            self.markers.publish(markers_message(header, result, geometry or {}))
-            self.marker_arrays_published += 1
-        if geometry is None:
-            return
-        if cloud is not None:
-            self.points.publish(points_message(header, cloud))
-            self.points_published += 1
-        if self.detections_3d is not None:
-            self.detections_3d.publish(detections_3d_message(header, result, geometry))
 
-    def publish_label_info(self, state: VocabularyState, header: Any) -> None:
-        if self.label_info is not None:
-            self.label_info.publish(label_info_message(state.vocabulary, header))
+def _points(frame: Frame) -> PointCloud2 | None:
+    return None if frame.cloud is None else points_message(frame.header, frame.cloud)
 
-    def destroy(self) -> None:
-        for publisher in self._all:
-            self._node.destroy_lifecycle_publisher(publisher)
+
+def _detections_3d(frame: Frame) -> Any:
+    if frame.geometry is None:
+        return None
+    return detections_3d_message(frame.header, frame.result, frame.geometry)
+
+
+# Per frame: output name -> builder (None: nothing to publish for this frame). Markers go out
+# for frames without depth too: their first marker clears the previous frame's boxes.
+FRAME_MESSAGES: dict[str, Callable[[Frame], Any]] = {
+    "labels": lambda frame: image_message(frame.header, frame.result.labels, "mono16"),
+    "instances": lambda frame: image_message(frame.header, frame.result.instances, "mono16"),
+    "confidence": _confidence,
+    "overlay": lambda frame: image_message(frame.header, frame.overlay, "rgb8"),
+    "segments": lambda frame: segments_message(frame.header, frame.result, frame.geometry),
+    "embeddings": _embeddings,
+    "points": _points,
+    "markers": lambda frame: markers_message(frame.header, frame.result, frame.geometry or {}),
+    "detections": lambda frame: detections_message(frame.header, frame.result),
+    "detections_3d": _detections_3d,
+}
+# Latched, per vocabulary: output name -> builder of (vocabulary state, stamp).
+VOCABULARY_MESSAGES: dict[str, Callable[[VocabularyState, Any], Any]] = {
+    "vocabulary": vocabulary_message,
+    "label_info": lambda state, stamp: label_info_message(state.vocabulary, Header(stamp=stamp)),
+}
+
+
+def message_class(name: str) -> type:
+    """The message class of output `name` (fcclip_ros.outputs.OUTPUTS' type, imported)."""
+    classes = {"labels": Image, "instances": Image, "confidence": Image, "overlay": Image,
+               "segments": SegmentArray, "embeddings": SegmentEmbeddings,
+               "vocabulary": VocabularyMessage, "points": PointCloud2, "markers": MarkerArray}
+    if name in classes:
+        return classes[name]
+    if vision_msgs is None:
+        raise LookupError(f"output {name} needs vision_msgs, which is not importable")
+    return {"detections": vision_msgs.Detection2DArray,
+            "detections_3d": vision_msgs.Detection3DArray,
+            "label_info": vision_msgs.LabelInfo}[name]
