@@ -73,7 +73,7 @@ class ThreeDCounts:
 class Frame:
     """One segmented frame and everything derived from it; what every output is built from."""
 
-    header: Any  # the input's header, unchanged
+    header: Any  # the input's header, unchanged (None for an image file)
     rgb: np.ndarray  # (H, W, 3) uint8
     result: Segmentation
     model: str

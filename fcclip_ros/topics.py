@@ -13,14 +13,10 @@ from typing import Any
 
 import yaml
 
-from fcclip_ros.outputs import FRAME_OUTPUTS, OUTPUTS_BY_NAME, bag_defaults
+from fcclip_ros.outputs import OUTPUTS_BY_NAME
 
 DEFAULT_IMAGE_TOPICS = ("image",)
 CAMERA_INFO = "camera_info"
-# TRANSITIONAL: the CLI's bag command moves to fcclip_ros.outputs.
-BAG_OUTPUTS = FRAME_OUTPUTS
-BAG_DEFAULT_OUTPUTS = bag_defaults(False, False)
-DEPTH_OUTPUTS = ("points", "markers")
 
 
 def output_namespace(topic: str) -> str:

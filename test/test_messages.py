@@ -14,13 +14,13 @@ from visualization_msgs.msg import Marker
 
 from fcclip_ros.geometry import point_cloud, segment_geometry
 from fcclip_ros.result import UNLABELED, Segment, Segmentation
-from fcclip_ros.ros.messages import segments_message
 from fcclip_ros.ros.messages import (
     detections_3d_message,
     detections_message,
     label_info_message,
     markers_message,
     points_message,
+    segments_message,
     vision_msgs,
 )
 from fcclip_ros.vocabulary import Vocabulary

@@ -17,8 +17,9 @@ def _positive_int(text: str) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from fcclip_ros.topics import BAG_DEFAULT_OUTPUTS, BAG_OUTPUTS, DEPTH_OUTPUTS
+    from fcclip_ros.outputs import FRAME_OUTPUTS, OUTPUTS, bag_defaults
 
+    depth_only = [o.name for o in OUTPUTS if o.needs_depth and not o.needs_vision_msgs]
     parser = subparsers.add_parser(
         "bag",
         help="segment every frame of a recorded MCAP bag into a new bag (no ROS install needed)",
@@ -40,10 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--every", type=_positive_int, default=1, metavar="N",
                         help="segment every N-th frame of each camera; the others are copied "
                         "without outputs (default 1: every frame)")
-    parser.add_argument("--outputs", nargs="+", choices=BAG_OUTPUTS,
+    parser.add_argument("--outputs", nargs="+", choices=FRAME_OUTPUTS,
                         help="per-frame outputs to write (default: "
-                        f"{' '.join(BAG_DEFAULT_OUTPUTS)}, plus with --depth-topics "
-                        f"{' '.join(DEPTH_OUTPUTS)}, plus detections (and detections_3d with "
+                        f"{' '.join(bag_defaults(False, False))}, plus with --depth-topics "
+                        f"{' '.join(depth_only)}, plus detections (and detections_3d with "
                         "depth) where vision_msgs is importable)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the interrupted run that wrote OUT (same input and "

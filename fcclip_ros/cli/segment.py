@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import cv2
@@ -13,18 +11,13 @@ import numpy as np
 
 from fcclip_ros.cli.arguments import add_setting_flags, engine_config
 from fcclip_ros.geometry import (
-    NO_GEOMETRY,
     DepthError,
     DepthFrame,
     Intrinsics,
     check_registered,
     depth_in_metres,
-    point_cloud,
     read_camera_info_yaml,
-    segment_geometry,
-    write_ply,
 )
-from fcclip_ros.result import Segmentation
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -62,8 +55,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from fcclip_ros.engine import Engine, EngineError
+    from fcclip_ros.frame_pipeline import FramePipeline, write_files
     from fcclip_ros.image_conversion import ImageConversionError
-    from fcclip_ros.overlay import draw_overlay
 
     try:
         intrinsics = _depth_arguments(args)
@@ -71,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
     except (EngineError, DepthError) as error:
         print(f"fcclip-ros segment: {error}", file=sys.stderr)
         return 2
+    pipeline = FramePipeline(engine.config.model, args.points_stride,
+                             max_input_pixels=args.max_input_pixels,
+                             warn=lambda reason: print(reason, file=sys.stderr))
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for index, path in enumerate(args.images):
@@ -95,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1
             continue
-        _write_result(args.out / path.stem, rgb, result, draw_overlay(rgb, result.instances,
-                                                                      result.segments),
-                      depth, args.points_stride)
+        frame = pipeline.frame(None, rgb, result, depth)
+        write_files(args.out / path.stem, frame)
         print(f"{path}: {len(result.segments)} segments -> {args.out / path.stem}_*")
     return 1 if failures else 0
 
@@ -142,30 +137,3 @@ def _read_depth(path: Path, shape: tuple[int, ...], intrinsics: Intrinsics,
         raise DepthError(f"{path} is not a 16-bit (millimetres) or float32 (metres) depth image")
     return DepthFrame(depth_in_metres(depth, 1e-3 if depth.dtype == np.uint16 else 1.0),
                       intrinsics)
-
-
-def _write_result(prefix: Path, rgb: np.ndarray, result: Segmentation,
-                  overlay: np.ndarray, depth: DepthFrame | None, points_stride: int) -> None:
-    geometry = {} if depth is None else segment_geometry(result.instances, depth.metres,
-                                                         depth.intrinsics)
-    cv2.imwrite(f"{prefix}_labels.png", result.labels)
-    cv2.imwrite(f"{prefix}_instances.png", result.instances)
-    cv2.imwrite(f"{prefix}_overlay.png", overlay[:, :, ::-1])
-    segments = []
-    for segment in result.segments:
-        fields = asdict(segment)
-        x, y, width, height = segment.bbox
-        fields["bbox"] = {"x_offset": x, "y_offset": y, "width": width, "height": height}
-        box = geometry.get(segment.id, NO_GEOMETRY)
-        fields["center"] = dict(zip("xyz", box.center, strict=True))
-        fields["size"] = dict(zip("xyz", box.size, strict=True))
-        fields["depth_pixels"] = box.depth_pixels
-        segments.append(fields)
-    document = {"image_size": list(rgb.shape[:2]),
-                "vocabulary_version": result.vocabulary_version, "segments": segments}
-    Path(f"{prefix}_segments.json").write_text(json.dumps(document, indent=2))
-    if result.embeddings is not None:
-        np.save(f"{prefix}_embeddings.npy", result.embeddings)
-    if depth is not None:
-        write_ply(f"{prefix}_points.ply",
-                  point_cloud(rgb, result, depth.metres, depth.intrinsics, points_stride))

@@ -1,2 +1,3 @@
-"""The ROS 2 layer: everything that imports rclpy. The core (engine, vocabulary, model) never
-imports from here."""
+"""The ROS 2 layer: everything that needs a ROS 2 install (rclpy, the message packages, their
+definitions on disk). The core (engine, vocabulary, model, frame pipeline) never imports from
+here."""

@@ -10,10 +10,8 @@ Threads: the executor only stores each camera's newest frame (scheduling.FrameSc
 answers services, parameters and the diagnostics timer in their own callback groups; one worker
 thread runs the engine on the waiting frames round robin and hands each result to its camera's
 frame pipeline and publishers; vocabulary swaps and query texts encode on threads of their own.
-So a slow model never builds a backlog and never delays an answer.
-
-The parts: ros.camera (subscriptions, pipeline, publishers), ros.vocabulary_interface,
-ros.query_service, ros.diagnostics; the process around the node is ros.main.
+So a slow model never builds a backlog and never delays an answer. The parts: ros.camera,
+ros.vocabulary_interface, ros.query_service, ros.diagnostics; the process: ros.main.
 """
 
 from __future__ import annotations
@@ -71,7 +69,7 @@ class SegmenterNode(LifecycleNode):
         self._worker: threading.Thread | None = None
         self._active = threading.Event()  # results are published only while set
         self._publishing = threading.Lock()  # held while a result goes out; see _stop_worker()
-        self._services: list[Any] = []
+        self._fcclip_services: list[Any] = []
         self._style = parameters.overlay_style(parameters.values(self))
         self.vocabulary = VocabularyInterface(self)
         self._query = QueryService(self)
@@ -82,9 +80,8 @@ class SegmenterNode(LifecycleNode):
             off = ", ".join(o.name for o in OUTPUTS if o.needs_vision_msgs)
             self.get_logger().info(f"vision_msgs is not installed: {off} are off (install "
                                    "ros-<distro>-vision-msgs to have them)")
-        self.create_timer(
-            1.0, self._publish_diagnostics, callback_group=MutuallyExclusiveCallbackGroup()
-        )
+        self.create_timer(1.0, lambda: self._diagnostics.publish(node_diagnostics(
+            self, self._scheduler)), callback_group=MutuallyExclusiveCallbackGroup())
 
     # ---- lifecycle ------------------------------------------------------------------------
 
@@ -117,7 +114,7 @@ class SegmenterNode(LifecycleNode):
         ]
         batch = values["max_batch_size"] if self.engine.device.type == "cuda" else 1
         self._scheduler = FrameScheduler(len(self.cameras), batch)
-        self._services = [*self.vocabulary.create_services(self._service_group),
+        self._fcclip_services = [*self.vocabulary.create_services(self._service_group),
                           self._query.create_service(self._service_group)]
         self.engine.vocabulary.add_listener(self.vocabulary.publish)
         return super().on_configure(state)
@@ -187,11 +184,11 @@ class SegmenterNode(LifecycleNode):
             self._worker.join(timeout=timeout)
 
     def _release(self) -> None:
-        for service in self._services:
+        for service in self._fcclip_services:
             self.destroy_service(service)
         for camera in self.cameras:
             camera.destroy()
-        self._services, self.cameras, self._scheduler, self.engine = [], [], None, None
+        self._fcclip_services, self.cameras, self._scheduler, self.engine = [], [], None, None
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -283,19 +280,15 @@ class SegmenterNode(LifecycleNode):
         if stamp.nanoseconds > 0:
             camera.stats.age_s.add((self.get_clock().now() - stamp).nanoseconds / 1e9)
 
-    # ---- diagnostics ----------------------------------------------------------------------
-
-    def _publish_diagnostics(self) -> None:
-        self._diagnostics.publish(node_diagnostics(self, self._scheduler))
+    # ---- logging --------------------------------------------------------------------------
 
     def _warn_about_random_weights(self, values: dict[str, Any]) -> None:
         if self.engine is not None and self.engine.random_weights:
             self.get_logger().warning(
-                f"weights: {values['weights']}, clip_weights: {values['clip_weights']}"
-                " -- the network runs with RANDOM weights, so every label, score and mask is"
-                " MEANINGLESS. Use this only to test the pipeline; `fcclip-ros download` fetches"
-                " the real checkpoints."
-            )
+                f"weights: {values['weights']}, clip_weights: {values['clip_weights']} -- the"
+                " network runs with RANDOM weights, so every label, score and mask is MEANINGLESS."
+                " Use this only to test the pipeline; `fcclip-ros download` fetches the real"
+                " checkpoints.")
 
 
 def _return_freed_memory_to_the_system() -> None:
