@@ -83,7 +83,7 @@ def main() -> None:
     args = parser.parse_args()
 
     variant = VARIANTS[args.model]
-    model = create_clip_model(variant, pretrained=None)
+    model = create_clip_model(variant)
     name = variant.clip_model_name
     tokenizer = (
         open_clip.tokenizer.SimpleTokenizer()

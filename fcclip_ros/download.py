@@ -15,15 +15,16 @@ import urllib.request
 from pathlib import Path
 from typing import TextIO
 
-# The official release (README "Model Zoo" of bytedance/fc-clip) hosts every checkpoint on Google
-# Drive; these are its file ids and the file names the official demos use.
-OFFICIAL_CHECKPOINTS: dict[str, tuple[str, str]] = {
-    "convnext_large": ("fcclip_cocopan.pth", "1-91PIns86vyNaL3CzMmDD39zKGnPMtvj"),
-    "rn50": ("fcclip_cocopan_r50.pth", "1tcB-8FNON-LwckXQbUyKcBA2G7TU65Zh"),
-    "rn101": ("fcclip_cocopan_r101.pth", "1P0mdgftReWzVbPQ0O0CSBfW3krHhTOj0"),
-    "rn50x4": ("fcclip_cocopan_r50x4.pth", "1nUpUsNUE22eOV9skxv9IyIkmCbg5jrIF"),
-    "rn50x16": ("fcclip_cocopan_r50x16.pth", "1rJu2UwwtI0VLDl9CyB8Mkgw9qHlnX70W"),
-    "rn50x64": ("fcclip_cocopan_r50x64.pth", "1rvfFVp5p3PZQsHp2NGVEBeYYcqgVVaZX"),
+from fcclip_ros.cache import OFFICIAL_CHECKPOINTS, checkpoint_path
+
+# The official release hosts every checkpoint on Google Drive; these are the files' ids.
+DRIVE_IDS: dict[str, str] = {
+    "convnext_large": "1-91PIns86vyNaL3CzMmDD39zKGnPMtvj",
+    "rn50": "1tcB-8FNON-LwckXQbUyKcBA2G7TU65Zh",
+    "rn101": "1P0mdgftReWzVbPQ0O0CSBfW3krHhTOj0",
+    "rn50x4": "1nUpUsNUE22eOV9skxv9IyIkmCbg5jrIF",
+    "rn50x16": "1rJu2UwwtI0VLDl9CyB8Mkgw9qHlnX70W",
+    "rn50x64": "1rvfFVp5p3PZQsHp2NGVEBeYYcqgVVaZX",
 }
 DRIVE_URL = "https://drive.usercontent.google.com/download?id={}&export=download&confirm=t"
 HOSTS = ("huggingface.co", "drive.usercontent.google.com")
@@ -31,21 +32,6 @@ HOSTS = ("huggingface.co", "drive.usercontent.google.com")
 
 class DownloadError(RuntimeError):
     """A download that could not be done, with what to do about it."""
-
-
-def default_cache_dir() -> Path:
-    """`$FCCLIP_ROS_CACHE`, else `$XDG_CACHE_HOME/fcclip_ros`, else `~/.cache/fcclip_ros`."""
-    if os.environ.get("FCCLIP_ROS_CACHE"):
-        return Path(os.environ["FCCLIP_ROS_CACHE"]).expanduser()
-    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return base / "fcclip_ros"
-
-
-def checkpoint_path(model: str, cache_dir: str | Path | None = None) -> Path:
-    """Where `fcclip-ros download` puts (and `weights: auto` finds) a variant's checkpoint."""
-    if model not in OFFICIAL_CHECKPOINTS:
-        raise DownloadError(f"no official checkpoint exists for model {model!r}")
-    return Path(cache_dir or default_cache_dir()) / "checkpoints" / OFFICIAL_CHECKPOINTS[model][0]
 
 
 def _check_network() -> None:
@@ -125,7 +111,7 @@ def download(
             if target.is_file():
                 out.write(f"  {target} already present\n")
             else:
-                _fetch(DRIVE_URL.format(OFFICIAL_CHECKPOINTS[model][1]), target, out)
+                _fetch(DRIVE_URL.format(DRIVE_IDS[model]), target, out)
                 out.write(f"  saved {target} ({target.stat().st_size / 1e6:.1f} MB)\n")
             written.append(target)
     return written

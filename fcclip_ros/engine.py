@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -28,18 +27,12 @@ from fcclip_ros.backends import (
     OnnxRuntimeNetwork,
     OpenVINONetwork,
 )
-from fcclip_ros.checkpoint import CheckpointError, load_fcclip_weights
-from fcclip_ros.download import checkpoint_path, default_cache_dir
+from fcclip_ros.cache import default_cache_dir
 from fcclip_ros.export import ExportError, weights_fingerprint
 from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS, check_pixel_count
+from fcclip_ros.model.build import BuildError, build_fcclip
 from fcclip_ros.model.classification import TextClassifier
-from fcclip_ros.model.config import (
-    CUSTOM_CLIP_ARCHITECTURES,
-    VARIANTS,
-    FCCLIPConfig,
-    create_clip_model,
-)
-from fcclip_ros.model.fcclip import FCCLIP
+from fcclip_ros.model.config import CUSTOM_CLIP_ARCHITECTURES, VARIANTS, FCCLIPConfig
 from fcclip_ros.postprocess import (
     QueryMasks,
     panoptic_inference,
@@ -56,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("panoptic", "semantic")
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-RANDOM = "random"
 AUTO = "auto"
 
 
@@ -148,36 +140,6 @@ def _check_thresholds(object_mask_threshold: float, overlap_threshold: float) ->
             raise EngineError(f"{name} must lie in [0, 1], got {value}")
 
 
-def _build_clip(variant: FCCLIPConfig, clip_weights: str, seed: int) -> torch.nn.Module:
-    if clip_weights == RANDOM or (clip_weights == AUTO and variant.clip_pretrained is None):
-        return create_clip_model(variant, pretrained=None, seed=seed)
-    source = variant.clip_pretrained if clip_weights == AUTO else clip_weights
-    if clip_weights != AUTO and not os.path.isfile(clip_weights):
-        raise EngineError(f"clip_weights {clip_weights!r}: no such file (or use auto / random)")
-    try:
-        return create_clip_model(variant, pretrained=source, seed=seed)
-    except (FileNotFoundError, ValueError, RuntimeError) as error:
-        raise EngineError(f"cannot load CLIP weights for {variant.name}: {error}") from error
-
-
-def _checkpoint_file(config: EngineConfig) -> Path | None:
-    if config.weights == RANDOM:
-        return None
-    if config.weights == AUTO:
-        path = checkpoint_path(config.model, config.cache_dir) if config.model != "tiny" else None
-        if path is None or not path.is_file():
-            raise EngineError(
-                f"weights: auto found no FC-CLIP checkpoint for {config.model} "
-                f"(expected {path}); run `fcclip-ros download --model {config.model}`, "
-                "give a path, or use weights: random for pipeline tests"
-            )
-        return path
-    path = Path(config.weights).expanduser()
-    if not path.is_file():
-        raise EngineError(f"weights {config.weights!r}: no such file")
-    return path
-
-
 def _per_image(flag: bool | Sequence[bool], count: int, name: str) -> list[bool]:
     if isinstance(flag, bool):
         return [flag] * count
@@ -215,22 +177,20 @@ class Engine:
         self.mode = config.mode
         self._thresholds = (config.object_mask_threshold, config.overlap_threshold)
 
-        checkpoint = _checkpoint_file(config)  # before the slow build: fail fast
-        model = FCCLIP(variant, _build_clip(variant, config.clip_weights, config.seed),
-                       seed=config.seed)
-        self.random_weights = checkpoint is None or config.clip_weights == RANDOM
-        if checkpoint is not None:
-            try:
-                report = load_fcclip_weights(model, checkpoint)
-            except CheckpointError as error:
-                raise EngineError(f"{checkpoint}: {error}") from error
+        try:
+            built = build_fcclip(config.model, config.weights, config.clip_weights, self.device,
+                                 config.cache_dir, config.seed)
+        except BuildError as error:
+            raise EngineError(str(error)) from error
+        if (report := built.report) is not None:
             logger.info("loaded %s: %d head tensors, %d CLIP tensors; ignored %s",
                         report.path, report.head_keys, report.clip_keys,
                         ", ".join(report.ignored + report.unexpected) or "nothing")
+        self.random_weights = built.random_weights
         if self.random_weights:
             logger.warning("FC-CLIP runs with RANDOM weights (weights=%s, clip_weights=%s): "
                            "masks and labels are meaningless", config.weights, config.clip_weights)
-        self.model = model.to(self.device).eval()
+        self.model = built.model
         self._run_lock = threading.Lock()  # one forward at a time; swaps never take it
         self._interrupted = threading.Event()
         _add_stop_points(self.model, self._interrupted)

@@ -26,7 +26,7 @@ say() { printf '[demo] %s\n' "$*"; }
 # its builtin transports; the shipped profile (shared memory with room for them) delivers all.
 export FASTDDS_DEFAULT_PROFILES_FILE="${FASTDDS_DEFAULT_PROFILES_FILE:-$root/config/fastdds_large_images.xml}"
 
-checkpoint="$("$py" -c "from fcclip_ros.download import OFFICIAL_CHECKPOINTS, checkpoint_path as p
+checkpoint="$("$py" -c "from fcclip_ros.cache import OFFICIAL_CHECKPOINTS, checkpoint_path as p
 print(p('$model') if '$model' in OFFICIAL_CHECKPOINTS else 'none (no official weights for $model)')")"
 if [[ -f "$checkpoint" ]]; then
   weights=auto clip_weights=auto mode="${DEMO_MODE:-panoptic}"

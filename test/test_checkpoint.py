@@ -1,4 +1,5 @@
-"""Loading official-layout FC-CLIP checkpoints: strict for the head, clear errors otherwise."""
+"""Building FC-CLIP with its weights, and loading official-layout checkpoints: strict for the
+head, clear errors otherwise."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from official_layout import official_state_dict
 
-from fcclip_ros.checkpoint import CheckpointError, load_fcclip_weights
+from fcclip_ros import cache
+from fcclip_ros.model.build import BuildError, CheckpointError, build_fcclip, load_fcclip_weights
 from fcclip_ros.model.classification import TextClassifier
 from fcclip_ros.model.config import VARIANTS
 from fcclip_ros.model.fcclip import FCCLIP, FCCLIPHead
@@ -255,3 +257,67 @@ def test_unreadable_or_absent_files_raise_checkpoint_errors(tmp_path) -> None:
     torch.save({"iteration": 3}, empty)
     with pytest.raises(CheckpointError, match="not a tensor"):
         load_fcclip_weights(model, empty)
+
+
+def test_build_with_random_weights_is_reproducible_in_eval_mode_and_flagged() -> None:
+    first, again = build_fcclip("tiny", "random", "random", seed=3), build_fcclip(
+        "tiny", "random", "random", seed=3)
+    assert first.random_weights and first.report is None
+    assert not any(module.training for module in first.model.modules())
+    for ours, theirs in zip(segment(first.model), segment(again.model), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    other_seed = build_fcclip("tiny", "random", "random", seed=4)
+    assert not torch.equal(segment(other_seed.model)[1], segment(first.model)[1])
+
+
+def test_build_from_a_checkpoint_file_reproduces_the_model_that_wrote_it(tmp_path) -> None:
+    trained = FCCLIP(TINY, seed=1)
+    path = tmp_path / "fcclip_tiny.pth"
+    torch.save({"model": official_state_dict(trained)}, path)
+
+    built = build_fcclip("tiny", weights=str(path), clip_weights="auto", seed=2)
+
+    assert not built.random_weights
+    assert built.report.path == str(path) and built.report.clip_keys > 0
+    for ours, theirs in zip(segment(built.model), segment(trained), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+
+
+def test_build_with_weights_auto_finds_the_checkpoint_where_download_puts_it(
+        tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(cache.OFFICIAL_CHECKPOINTS, "tiny", "fcclip_tiny.pth")
+    path = cache.checkpoint_path("tiny", tmp_path)
+    path.parent.mkdir()
+    trained = FCCLIP(TINY, seed=1)
+    torch.save({"model": official_state_dict(trained)}, path)
+
+    built = build_fcclip("tiny", weights="auto", clip_weights="random", cache_dir=tmp_path)
+
+    assert built.report.path == str(path)
+    torch.testing.assert_close(segment(built.model)[1], segment(trained)[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(
+    ("variant", "weights", "clip_weights", "message"),
+    [
+        ("vit_huge", "random", "random", "model 'vit_huge': use one of convnext_large, rn50"),
+        ("rn50", "auto", "random", r"found no FC-CLIP checkpoint for rn50 \(expected "
+                                   r".*/checkpoints/fcclip_cocopan_r50\.pth\); run `fcclip-ros "
+                                   r"download --model rn50`"),
+        ("tiny", "auto", "random", "no official FC-CLIP checkpoint exists for tiny"),
+        ("tiny", "/nonexistent/fcclip.pth", "random", "^weights '/nonexistent/fcclip.pth': no"),
+        ("tiny", "random", "/nonexistent/clip.bin", "^clip_weights '/nonexistent/clip.bin': no"),
+    ],
+)
+def test_build_refuses_what_it_cannot_find_before_building_anything(
+        tmp_path, variant, weights, clip_weights, message) -> None:
+    with pytest.raises(BuildError, match=message):
+        build_fcclip(variant, weights, clip_weights, cache_dir=tmp_path)
+
+
+def test_build_refuses_a_damaged_clip_weight_file_naming_the_variant(tmp_path) -> None:
+    path = tmp_path / "clip.bin"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(BuildError, match="cannot load CLIP weights for tiny: "):
+        build_fcclip("tiny", "random", str(path))
+

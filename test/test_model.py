@@ -8,13 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fcclip_ros.model.build import build_fcclip, cached_clip_weights
 from fcclip_ros.model.classification import TextClassifier, classification_logits, mask_pool
-from fcclip_ros.model.config import (
-    VARIANTS,
-    FCCLIPConfig,
-    cached_clip_weights,
-    create_clip_model,
-)
+from fcclip_ros.model.config import VARIANTS, FCCLIPConfig, create_clip_model
 from fcclip_ros.model.fcclip import FCCLIP, FCCLIPHead, geometric_ensemble
 
 TINY = VARIANTS["tiny"]
@@ -225,7 +221,7 @@ def test_region_embeddings_are_the_mask_pooled_clip_features_the_classes_came_fr
 
 
 def test_resnet_region_embedding_attends_only_inside_the_mask() -> None:
-    clip_model = create_clip_model(VARIANTS["rn50"], pretrained=None)
+    clip_model = create_clip_model(VARIANTS["rn50"])
     model = FCCLIP(VARIANTS["rn50"], clip_model=clip_model)
     dense = model.backbone(small_images()[:1])["clip_vis_dense"]  # (1, 2048, 2, 3)
     masks = -torch.ones(1, 2, 2, 3)
@@ -288,22 +284,22 @@ def test_config_rejects_an_unknown_backbone_family() -> None:
 
 
 def test_model_refuses_a_clip_that_does_not_match_its_config() -> None:
-    clip_model = create_clip_model(TINY, pretrained=None)
+    clip_model = create_clip_model(TINY)
     with pytest.raises(ValueError, match="embed_dim"):
         FCCLIP(VARIANTS["convnext_large"], clip_model=clip_model)
 
 
 def test_clip_weights_load_from_a_file(tmp_path) -> None:
-    source = create_clip_model(TINY, pretrained=None, seed=1)
+    source = create_clip_model(TINY, seed=1)
     path = tmp_path / "clip.pt"
     torch.save(source.state_dict(), path)
-    loaded = create_clip_model(TINY, pretrained=str(path), seed=2)
+    loaded = build_fcclip("tiny", "random", str(path), seed=2).model.backbone.clip_model
     for key, value in source.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
 
 
 def test_clip_weights_load_from_an_openai_style_torchscript_archive(tmp_path) -> None:
-    source = create_clip_model(TINY, pretrained=None, seed=1)
+    source = create_clip_model(TINY, seed=1)
     # OpenAI's archives keep the causal text mask as a constant, not in the state dict.
     attn_mask = source.attn_mask
     del source._buffers["attn_mask"]
@@ -311,7 +307,7 @@ def test_clip_weights_load_from_an_openai_style_torchscript_archive(tmp_path) ->
     example = (torch.zeros(1, 3, 64, 64), torch.zeros(1, 77, dtype=torch.long))
     path = tmp_path / "RN50.pt"
     torch.jit.save(torch.jit.trace(source, example, check_trace=False), path)
-    loaded = create_clip_model(TINY, pretrained=str(path), seed=2)
+    loaded = build_fcclip("tiny", "random", str(path), seed=2).model.backbone.clip_model
     for key, value in source.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
 

@@ -1,4 +1,4 @@
-"""FC-CLIP hyper-parameters per released variant, and how to build the frozen CLIP they use.
+"""FC-CLIP hyper-parameters per released variant, and the frozen CLIP architecture they use.
 
 Values come from the official configs (`configs/coco/panoptic-segmentation/fcclip/*.yaml`, their
 Mask2Former base and `fcclip/config.py`); one frozen dataclass per variant, no config tree.
@@ -6,14 +6,10 @@ Mask2Former base and `fcclip/config.py`); one frozen dataclass per variant, no c
 
 from __future__ import annotations
 
-import os
-import zipfile
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import open_clip
 import torch
-from open_clip.constants import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
 # OpenAI CLIP mean/std on the 0-255 scale, RGB (MODEL.PIXEL_MEAN / PIXEL_STD of every config).
 PIXEL_MEAN = (122.7709383, 116.7460125, 104.09373615)
@@ -119,76 +115,18 @@ VARIANTS: dict[str, FCCLIPConfig] = {
 }
 
 
-def cached_clip_weights(model_name: str, tag: str, cache_dir: str | None = None) -> str:
-    """Path of open_clip's download of `model_name`/`tag`, from the local caches only.
+def create_clip_model(config: FCCLIPConfig, seed: int = 0) -> open_clip.CLIP:
+    """The variant's open_clip model with random weights drawn from `seed`, in eval mode.
 
-    open_clip itself would go to the network when the file is missing; a robot must not stall
-    on that, so this looks where open_clip stores its downloads (Hugging Face hub cache, or
-    ~/.cache/clip for URL downloads) and raises FileNotFoundError if the file is not there.
-    """
-    source = open_clip.get_pretrained_cfg(model_name, tag)
-    if not source:
-        known = open_clip.list_pretrained_tags_by_model(model_name)
-        raise ValueError(f"{tag!r} is neither a file nor an open_clip tag of {model_name} "
-                         f"(tags: {', '.join(known) or 'none'})")
-    looked_in = []
-    if source.get("hf_hub"):
-        from huggingface_hub import hf_hub_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        repo_id, filename = os.path.split(source["hf_hub"])
-        filename = filename or HF_WEIGHTS_NAME
-        candidates = [HF_SAFE_WEIGHTS_NAME] if filename == HF_WEIGHTS_NAME else []
-        for candidate in [*candidates, filename]:
-            try:
-                return hf_hub_download(repo_id, candidate, cache_dir=cache_dir,
-                                       local_files_only=True)
-            except LocalEntryNotFoundError:
-                looked_in.append(f"Hugging Face cache: {repo_id}/{candidate}")
-    if source.get("url"):
-        path = Path(cache_dir or "~/.cache/clip").expanduser() / os.path.basename(source["url"])
-        if path.is_file():
-            return str(path)
-        looked_in.append(str(path))
-    raise FileNotFoundError(
-        f"CLIP weights {model_name}/{tag} are not in the local cache (looked in "
-        f"{'; '.join(looked_in)}); download them once with `fcclip-ros download`"
-    )
-
-
-def _is_torchscript_archive(path: str) -> bool:
-    """OpenAI's original CLIP files (open_clip's URL downloads) are TorchScript archives."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("/constants.pkl") for name in archive.namelist())
-
-
-def create_clip_model(
-    config: FCCLIPConfig,
-    pretrained: str | None,
-    cache_dir: str | None = None,
-    seed: int = 0,
-) -> open_clip.CLIP:
-    """Build the variant's open_clip model, in eval mode.
-
-    `pretrained` is an open_clip tag (read from its local cache; no download ever happens at run
-    time), a weight file, or None for random weights drawn reproducibly from `seed`.
+    Same class and arguments as open_clip.create_model(), minus its download logic; weights are
+    loaded by fcclip_ros.model.build.
     """
     architecture = dict(CUSTOM_CLIP_ARCHITECTURES.get(config.clip_model_name)
                         or open_clip.get_model_config(config.clip_model_name) or {})
     if not architecture:
         raise ValueError(f"open_clip has no model called {config.clip_model_name!r}")
     architecture["quick_gelu"] = config.quick_gelu or architecture.get("quick_gelu", False)
-    # Same class and arguments as open_clip.create_model(), minus its download logic.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = open_clip.CLIP(**architecture)
-    if pretrained is not None:
-        path = pretrained if os.path.isfile(pretrained) else cached_clip_weights(
-            config.clip_model_name, pretrained, cache_dir)
-        # torch.load refuses TorchScript with weights_only=True; it then uses torch.jit.load, which
-        # does not unpickle arbitrary objects.
-        open_clip.load_checkpoint(model, path, strict=True,
-                                  weights_only=not _is_torchscript_archive(path))
     return model.eval()

@@ -94,7 +94,7 @@ class FCCLIP(nn.Module):
         super().__init__()
         self.config = config
         if clip_model is None:
-            clip_model = create_clip_model(config, pretrained=None, seed=seed)
+            clip_model = create_clip_model(config, seed=seed)
         self.backbone = CLIPBackbone(clip_model, config.family)
         built = (self.backbone.embed_dim, tuple(self.backbone.out_channels.values()))
         if built != (config.embed_dim, config.backbone_channels):
