@@ -21,15 +21,6 @@ SIZE_DIVISIBILITY = 32  # MODEL.MASK_FORMER.SIZE_DIVISIBILITY
 
 
 @dataclass(frozen=True)
-class PreparedImage:
-    """The network input for one image plus the sizes needed to map outputs back."""
-
-    tensor: torch.Tensor  # (1, 3, Hp, Wp) float32, normalised, zero-padded
-    resized_size: tuple[int, int]  # (h, w) of the image inside the padding
-    original_size: tuple[int, int]  # (H, W) of the caller's image
-
-
-@dataclass(frozen=True)
 class PreparedBatch:
     """Several images padded to one common size, as detectron2's ImageList batches them."""
 
@@ -127,18 +118,6 @@ def prepare_batch(
         resized_sizes=[(int(image.shape[0]), int(image.shape[1])) for image in resized],
         original_sizes=[(int(image.shape[0]), int(image.shape[1])) for image in images_rgb],
     )
-
-
-def prepare_image(
-    image_rgb: np.ndarray,
-    short_side: int,
-    max_long_side: int,
-    device: torch.device | str = "cpu",
-    size_divisibility: int = SIZE_DIVISIBILITY,
-) -> PreparedImage:
-    """Resize, normalise and pad one RGB uint8 image into a (1, 3, Hp, Wp) network input."""
-    batch = prepare_batch([image_rgb], short_side, max_long_side, device, size_divisibility)
-    return PreparedImage(batch.tensor, batch.resized_sizes[0], batch.original_sizes[0])
 
 
 def _check_image(image: np.ndarray) -> None:

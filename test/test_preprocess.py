@@ -11,7 +11,6 @@ from fcclip_ros.preprocess import (
     PIXEL_MEAN,
     PIXEL_STD,
     prepare_batch,
-    prepare_image,
     resize_image,
     resized_size,
 )
@@ -71,9 +70,9 @@ def test_extreme_aspect_ratios_keep_at_least_one_pixel(
     height: int, width: int, expected: tuple[int, int]
 ) -> None:
     assert resized_size(height, width, 800, 1333) == expected
-    prepared = prepare_image(random_image(height, width), short_side=800, max_long_side=1333)
-    assert prepared.resized_size == expected
-    assert prepared.original_size == (height, width)
+    prepared = prepare_batch([random_image(height, width)], short_side=800, max_long_side=1333)
+    assert prepared.resized_sizes == [expected]
+    assert prepared.original_sizes == [(height, width)]
     assert prepared.tensor.shape[-2:] == tuple(-(-side // 32) * 32 for side in expected)
 
 
@@ -87,14 +86,14 @@ def test_resized_size_rejects_nonsense() -> None:
 def test_no_resize_when_short_side_equals_the_images() -> None:
     image = random_image(48, 64)
     assert resize_image(image, (48, 64)) is image
-    prepared = prepare_image(image, short_side=48, max_long_side=1333)
-    assert prepared.resized_size == prepared.original_size == (48, 64)
+    prepared = prepare_batch([image], short_side=48, max_long_side=1333)
+    assert prepared.resized_sizes == prepared.original_sizes == [(48, 64)]
     np.testing.assert_allclose(unnormalised(prepared.tensor, (48, 64)), image, atol=1e-3)
 
 
 def test_normalises_with_clip_statistics_then_zero_pads_to_multiple_of_32() -> None:
     image = random_image(50, 70)
-    prepared = prepare_image(image, short_side=50, max_long_side=1000)
+    prepared = prepare_batch([image], short_side=50, max_long_side=1000)
     assert prepared.tensor.shape == (1, 3, 64, 96)
     assert prepared.tensor.dtype == torch.float32
     expected = ((image.astype(np.float32) - MEAN) / STD).transpose(2, 0, 1)
@@ -104,23 +103,23 @@ def test_normalises_with_clip_statistics_then_zero_pads_to_multiple_of_32() -> N
 
 
 def test_size_already_multiple_of_32_gets_no_padding() -> None:
-    prepared = prepare_image(random_image(64, 96), short_side=64, max_long_side=1000)
+    prepared = prepare_batch([random_image(64, 96)], short_side=64, max_long_side=1000)
     assert prepared.tensor.shape == (1, 3, 64, 96)
 
 
 @pytest.mark.parametrize(("short_side", "expected"), [(40, (40, 60)), (90, (90, 135))])
 def test_resize_is_pil_bilinear_on_uint8(short_side: int, expected: tuple[int, int]) -> None:
     image = random_image(60, 90, seed=1)
-    prepared = prepare_image(image, short_side=short_side, max_long_side=1333)
-    assert prepared.resized_size == expected
-    assert prepared.original_size == (60, 90)
+    prepared = prepare_batch([image], short_side=short_side, max_long_side=1333)
+    assert prepared.resized_sizes == [expected]
+    assert prepared.original_sizes == [(60, 90)]
     reference = np.asarray(Image.fromarray(image).resize(expected[::-1], Image.BILINEAR))
     np.testing.assert_allclose(unnormalised(prepared.tensor, expected), reference, atol=1e-3)
 
 
 def test_downscaling_is_antialiased_like_pil_not_plain_bilinear() -> None:
     image = random_image(60, 90, seed=1)
-    prepared = prepare_image(image, short_side=40, max_long_side=1333)
+    prepared = prepare_batch([image], short_side=40, max_long_side=1333)
     plain = torch.nn.functional.interpolate(
         torch.from_numpy(image).permute(2, 0, 1)[None].float(), size=(40, 60), mode="bilinear"
     )[0].permute(1, 2, 0)
@@ -135,8 +134,8 @@ def test_batch_pads_every_image_to_the_largest_size() -> None:
     assert batch.original_sizes == [(40, 50), (70, 45)]
     assert batch.tensor.shape == (2, 3, 64, 64)
     for index, image in enumerate([small, large]):
-        single = prepare_image(image, short_side=40, max_long_side=1000)
-        h, w = single.resized_size
+        single = prepare_batch([image], short_side=40, max_long_side=1000)
+        h, w = single.resized_sizes[0]
         torch.testing.assert_close(batch.tensor[index, :, :h, :w], single.tensor[0, :, :h, :w])
         assert not batch.tensor[index, :, h:, :].any()
         assert not batch.tensor[index, :, :, w:].any()
@@ -154,4 +153,4 @@ def test_batch_pads_every_image_to_the_largest_size() -> None:
 )
 def test_bad_images_are_rejected_with_a_clear_error(image: np.ndarray) -> None:
     with pytest.raises(ValueError, match="expected"):
-        prepare_image(image, short_side=8, max_long_side=100)
+        prepare_batch([image], short_side=8, max_long_side=100)
