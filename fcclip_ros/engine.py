@@ -276,11 +276,6 @@ class Engine:
         """Segment again after interrupt()."""
         self._interrupted.clear()
 
-    @property
-    def thresholds(self) -> tuple[float, float]:
-        """(object_mask_threshold, overlap_threshold) in force."""
-        return self._thresholds
-
     def set_thresholds(self, object_mask_threshold: float | None = None,
                        overlap_threshold: float | None = None) -> None:
         """Change the panoptic thresholds from the next frame on."""

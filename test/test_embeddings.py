@@ -88,7 +88,7 @@ def segment_capturing_oov(engine: Engine, image: np.ndarray, monkeypatch: pytest
         mask_logits, class_logits = engine.model(batch.tensor, engine.vocabulary.current.classifier)
     masks = full_size(QueryMasks(mask_logits[0], tuple(batch.tensor.shape[-2:]),
                                  batch.resized_sizes[0], batch.original_sizes[0]))
-    winner = owners(class_logits[0], masks, engine.thresholds[0])
+    winner = owners(class_logits[0], masks, engine.config.object_mask_threshold)
     return result, region_embeddings, out_vocab_logits, winner
 
 

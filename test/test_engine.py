@@ -104,8 +104,10 @@ def test_thresholds_apply_from_the_next_frame_and_are_validated(tmp_path, photo)
     result = engine.segment(photo)
     assert result.segments == [] and np.all(result.labels == UNLABELED)
     with pytest.raises(EngineError, match="overlap_threshold"):
-        engine.set_thresholds(overlap_threshold=1.5)
-    assert engine.thresholds == (1.0, 0.8)
+        engine.set_thresholds(object_mask_threshold=0.0, overlap_threshold=1.5)
+    assert engine.segment(photo).segments == []  # a refused change changes neither threshold
+    engine.set_thresholds(object_mask_threshold=0.0)
+    assert engine.segment(photo).segments
 
 
 def test_unusable_image_is_an_engine_error_and_the_engine_keeps_working(engine, photo):
@@ -166,7 +168,9 @@ def previous_post_processing(engine: Engine, image: np.ndarray):
     is_thing = torch.tensor(state.vocabulary.is_thing)
     names = state.vocabulary.names
     if engine.mode == "panoptic":
-        panoptic = reference_panoptic(class_logits[0], masks, is_thing, *engine.thresholds)
+        panoptic = reference_panoptic(class_logits[0], masks, is_thing,
+                                      engine.config.object_mask_threshold,
+                                      engine.config.overlap_threshold)
         return to_segmentation(panoptic, names, with_confidence=True)
     semantic = reference_semantic(class_logits[0], masks)
     return semantic_to_segmentation(semantic, names, is_thing, with_confidence=True)
