@@ -50,15 +50,19 @@ def timed(function, *args):
     return result, time.perf_counter() - start
 
 
+def refuse_to_encode(prompts: list[str]) -> torch.Tensor:
+    """The tokenizer of an embedder that must find every synonym in the cache."""
+    raise AssertionError(f"the warm cache missed {len(prompts) // len(TEMPLATES)} synonyms")
+
+
 def cache_timings(model, tokenizer, name: str, vocabulary: Vocabulary) -> tuple[float, ...]:
     """Seconds for the classifier: cold, then warm from disk, then warm from memory."""
     with tempfile.TemporaryDirectory() as cache_dir:
         cold_embedder = TextEmbedder(model, tokenizer, name, cache_dir)
         _, cold = timed(cold_embedder.classifier, vocabulary)
         _, memory = timed(cold_embedder.classifier, vocabulary)
-        warm_embedder = TextEmbedder(model, tokenizer, name, cache_dir)
+        warm_embedder = TextEmbedder(model, refuse_to_encode, name, cache_dir)
         _, disk = timed(warm_embedder.classifier, vocabulary)
-        assert warm_embedder.stats.encoded == 0
     return cold, disk, memory
 
 

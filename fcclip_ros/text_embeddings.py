@@ -188,16 +188,6 @@ def rank_segments(
     return order, np.take_along_axis(scores, order, axis=1)
 
 
-@dataclass
-class EmbeddingStats:
-    """Where the synonym rows of all ``classifier`` calls came from."""
-
-    encoded: int = 0  # distinct synonyms encoded by the text tower
-    memory_hits: int = 0  # distinct synonyms found in memory
-    disk_hits: int = 0  # distinct synonyms read from the disk cache
-    corrupt_files: int = 0  # damaged cache files detected (and removed)
-
-
 class TextEmbedder:
     """Builds ``TextClassifier``s for vocabularies, encoding each synonym once ever.
 
@@ -220,7 +210,6 @@ class TextEmbedder:
         self.model_name = model_name
         self.device = torch.device(device) if device is not None else _device_of(clip_model)
         self.chunk_size = chunk_size
-        self.stats = EmbeddingStats()
         self.fingerprint = text_tower_fingerprint(clip_model)
         key = hashlib.sha256(
             json.dumps([model_name, self.fingerprint, TEMPLATES]).encode()
@@ -256,18 +245,14 @@ class TextEmbedder:
         unique = list(dict.fromkeys(synonyms))
         with self._lock:
             missing = [s for s in unique if s not in self._rows]
-            self.stats.memory_hits += len(unique) - len(missing)
             if missing and self.cache_path is not None:
                 self._use_disk(self._read_disk_cache)
-                still_missing = [s for s in missing if s not in self._rows]
-                self.stats.disk_hits += len(missing) - len(still_missing)
-                missing = still_missing
+                missing = [s for s in missing if s not in self._rows]
         if missing:
             rows = self._encode(missing)
             with self._lock:
                 for synonym, row in zip(missing, rows, strict=True):
                     self._rows.setdefault(synonym, row)
-                self.stats.encoded += len(missing)
                 if self.cache_path is not None:
                     self._use_disk(self._write_shard, missing, rows)
         with self._lock:
@@ -317,7 +302,6 @@ class TextEmbedder:
             return
         except ValueError as error:
             logger.warning("text embedding cache file %s is damaged (%s); rebuilding", path, error)
-            self.stats.corrupt_files += 1
             path.unlink(missing_ok=True)
             return
         self._shards_read.add(path.name)
