@@ -224,7 +224,7 @@ class ClassifierSource(Protocol):
 
 
 class ActiveVocabulary:
-    """The vocabulary in force; frame loops read ``current``, services call ``swap``.
+    """The vocabulary in force; frame loops read ``current``, services ``swap_in_background``.
 
     Readers take no lock: ``current`` is one reference to an immutable snapshot, replaced in a
     single assignment after the new classifier is fully built. Swaps are serialised among
@@ -246,12 +246,6 @@ class ActiveVocabulary:
     def add_listener(self, listener: Callable[[VocabularyState], None]) -> None:
         """Call ``listener(state)`` after every successful swap (e.g. to republish the topic)."""
         self._listeners.append(listener)
-
-    def swap(
-        self, entries: Sequence[str] | None = None, preset: str | None = None
-    ) -> VocabularyState:
-        """Validate, encode and install a new vocabulary; on any error the old one stays."""
-        return self.replace(Vocabulary.from_request(entries, preset))
 
     @property
     def swapping(self) -> bool:
@@ -299,7 +293,7 @@ class ActiveVocabulary:
         done(outcome)
 
     def replace(self, vocabulary: Vocabulary) -> VocabularyState:
-        """Install an already validated vocabulary (see ``swap``)."""
+        """Encode and install an already validated vocabulary; on any error the old one stays."""
         with self._swap_lock:
             try:
                 classifier = self._embedder.classifier(vocabulary)

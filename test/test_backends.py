@@ -27,6 +27,7 @@ from fcclip_ros.engine import Engine, EngineConfig, EngineError, EngineInterrupt
 from fcclip_ros.export import SIDECAR_NAME, ArtifactKey, check_artifact
 from fcclip_ros.preprocess import resize_image
 from fcclip_ros.result import Segmentation
+from fcclip_ros.vocabulary import Vocabulary
 
 EXPORTED = ("onnxruntime", "openvino")
 SWAPPED = ["person", "cup, mug", "table, desk", "floor [stuff]", "wall [stuff]", "box, carton",
@@ -87,7 +88,7 @@ def test_exported_backends_give_torchs_maps_also_after_a_vocabulary_swap_without
     assert len(exported) == len(sizes) * len(EXPORTED)  # one per input size and format
 
     for engine in engines.values():
-        engine.vocabulary.swap(SWAPPED)
+        engine.vocabulary.replace(Vocabulary.from_entries(SWAPPED))
     for photo in photos:
         expected = engines["torch"].segment(photo)
         assert max(s.class_id for s in expected.segments) < len(SWAPPED)

@@ -16,6 +16,7 @@ from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS
 from fcclip_ros.postprocess import QueryMasks, semantic_to_segmentation, to_segmentation
 from fcclip_ros.preprocess import prepare_batch
 from fcclip_ros.result import NO_INSTANCE, UNLABELED
+from fcclip_ros.vocabulary import Vocabulary
 
 TINY = EngineConfig(model="tiny", weights="random", clip_weights="random",
                     input_short_side=160, max_long_side=320)
@@ -88,7 +89,8 @@ def test_batch_of_equal_sized_images_equals_one_by_one(engine, photo):
 def test_vocabulary_swap_relabels_from_the_next_frame_and_bumps_the_version(tmp_path, photo):
     engine = Engine(replace(TINY, cache_dir=str(tmp_path)))
     before = engine.vocabulary.current.version
-    state = engine.vocabulary.swap(entries=["box, carton", "shelf", "floor [stuff]"])
+    state = engine.vocabulary.replace(
+        Vocabulary.from_entries(["box, carton", "shelf", "floor [stuff]"]))
     assert state.version == before + 1
     result = engine.segment(photo)
     check_consistent(result, 480, 640, 3)

@@ -173,9 +173,9 @@ def test_swap_back_to_a_cached_vocabulary_encodes_nothing(model, tokenizer, tmp_
     first = active.current
     assert counting.encoded == len({s for c in first.vocabulary.classes for s in c.synonyms})
 
-    active.swap(["robot arm", "cable, wire"])
+    active.replace(Vocabulary.from_entries(["robot arm", "cable, wire"]))
     encoded = counting.encoded
-    back = active.swap(initial.entries)
+    back = active.replace(initial)
     assert counting.encoded == encoded
     assert back.version == 3
     assert torch.equal(back.classifier.embeddings, first.classifier.embeddings)

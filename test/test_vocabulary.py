@@ -21,6 +21,7 @@ from fcclip_ros.vocabulary import (
     VocabularyBusyError,
     VocabularyClass,
     VocabularyError,
+    VocabularyState,
     infer_is_thing,
     parse_entry,
 )
@@ -313,20 +314,28 @@ class FakeEmbedder:
         return ("classifier for", vocabulary.names)
 
 
+def swap(active: ActiveVocabulary, entries: list[str] | None = None, preset: str | None = None
+         ) -> VocabularyState | VocabularyError:
+    """A SetVocabulary request as the node makes it, waited on: the state or the error."""
+    outcomes: queue.Queue = queue.Queue()
+    active.swap_in_background(lambda: Vocabulary.from_request(entries, preset), outcomes.put)
+    return outcomes.get(timeout=10)
+
+
 def test_swap_replaces_vocabulary_classifier_and_version_together() -> None:
     active = ActiveVocabulary(FakeEmbedder(), Vocabulary.from_entries(["cat"]))
     seen_by_listener = []
     active.add_listener(seen_by_listener.append)
     assert active.current.version == 1
 
-    state = active.swap(["dog", "grass"])
+    state = swap(active, ["dog", "grass"])
     assert state is active.current
     assert state.version == 2
     assert state.vocabulary.names == ("dog", "grass")
     assert state.classifier == ("classifier for", ("dog", "grass"))
     assert seen_by_listener == [state]
 
-    assert active.swap(preset="cityscapes").version == 3
+    assert swap(active, preset="cityscapes").version == 3
     assert len(active.current.vocabulary) == 19
 
 
@@ -341,12 +350,11 @@ def test_failed_swap_leaves_old_state(entries, preset, fail_encoding: bool) -> N
     active.add_listener(notified.append)
     before = active.current
     embedder.fail = fail_encoding
-    with pytest.raises(VocabularyError):
-        active.swap(entries, preset)
+    assert isinstance(swap(active, entries, preset), VocabularyError)
     assert active.current is before
     assert notified == []
     embedder.fail = False
-    assert active.swap(["bird"]).version == before.version + 1
+    assert swap(active, ["bird"]).version == before.version + 1
 
 
 def test_readers_see_the_old_snapshot_while_a_swap_encodes() -> None:
@@ -355,20 +363,20 @@ def test_readers_see_the_old_snapshot_while_a_swap_encodes() -> None:
     before = active.current
     embedder.release.clear()
     embedder.started.clear()
-    swapper = threading.Thread(target=active.swap, args=(["dog"],))
-    swapper.start()
+    outcomes: queue.Queue = queue.Queue()
+    active.swap_in_background(lambda: Vocabulary.from_entries(["dog"]), outcomes.put)
     assert embedder.started.wait(timeout=10)
     # Encoding is in progress: the frame loop still reads the complete old state, unblocked.
     assert active.current is before
     embedder.release.set()
-    swapper.join(timeout=10)
+    assert outcomes.get(timeout=10) is active.current
     assert active.current.version == 2 and active.current.vocabulary.names == ("dog",)
 
 
 def test_a_failing_listener_does_not_undo_the_swap() -> None:
     active = ActiveVocabulary(FakeEmbedder(), Vocabulary.from_entries(["cat"]))
     active.add_listener(lambda state: 1 / 0)
-    assert active.swap(["dog"]).version == 2
+    assert swap(active, ["dog"]).version == 2
     assert active.current.vocabulary.names == ("dog",)
 
 
