@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import open_clip
@@ -29,7 +30,7 @@ from fcclip_ros.backends import (
 )
 from fcclip_ros.cache import default_cache_dir
 from fcclip_ros.export import ExportError, weights_fingerprint
-from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS, check_pixel_count
+from fcclip_ros.image_conversion import check_pixel_count
 from fcclip_ros.model.build import BuildError, build_fcclip
 from fcclip_ros.model.classification import TextClassifier
 from fcclip_ros.model.config import CUSTOM_CLIP_ARCHITECTURES, VARIANTS, FCCLIPConfig
@@ -42,13 +43,12 @@ from fcclip_ros.postprocess import (
 )
 from fcclip_ros.preprocess import padded_input_size, prepare_batch
 from fcclip_ros.result import Segmentation
+from fcclip_ros.settings import MODES, PRECISIONS, default
 from fcclip_ros.text_embeddings import TextEmbedder, TextQueries
 from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary, VocabularyError, VocabularyState
 
 logger = logging.getLogger(__name__)
 
-MODES = ("panoptic", "semantic")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 AUTO = "auto"
 
 
@@ -62,25 +62,36 @@ class EngineInterruptedError(EngineError):
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How to build an engine; the fields mirror the node's parameters."""
+    """How to build an engine. The fields are node parameters, with their defaults from
+    fcclip_ros.settings (which says what each means), except the seed of random weights."""
 
-    model: str = "convnext_large"  # a key of fcclip_ros.model.config.VARIANTS
-    weights: str = AUTO  # FC-CLIP checkpoint path, "auto" (the download cache) or "random"
-    clip_weights: str = AUTO  # "auto" = open_clip's pretrained tag from its cache, a path, "random"
-    device: str = AUTO  # "auto" | "cpu" | "cuda" | "cuda:N"
-    precision: str = AUTO  # "auto" (fp16 on CUDA, fp32 on CPU) | "fp32" | "fp16" | "bf16"
-    mode: str = "panoptic"  # or "semantic"
-    input_short_side: int = 800  # the official test size; 0 = no resize
-    max_long_side: int = 1333
-    object_mask_threshold: float = 0.0
-    overlap_threshold: float = 0.8
-    cache_dir: str | None = None  # checkpoints and text embeddings; None = ~/.cache/fcclip_ros
-    vocabulary: tuple[str, ...] = ()  # "name, synonym, ..." entries; empty = use the preset
-    vocabulary_preset: str = "coco"
+    model: str = default("model")  # a key of fcclip_ros.model.config.VARIANTS
+    weights: str = default("weights")
+    clip_weights: str = default("clip_weights")
+    device: str = default("device")
+    precision: str = default("precision")
+    mode: str = default("mode")
+    input_short_side: int = default("input_short_side")
+    max_long_side: int = default("max_long_side")
+    object_mask_threshold: float = default("object_mask_threshold")
+    overlap_threshold: float = default("overlap_threshold")
+    cache_dir: str | None = None  # None (or the parameter's ""): the default cache
+    vocabulary: tuple[str, ...] = default("vocabulary")  # empty: the preset
+    vocabulary_preset: str = default("vocabulary_preset")
     seed: int = 0  # for random weights
-    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS  # larger images are refused, not segmented
-    backend: str = "torch"  # network forward: torch | openvino | onnxruntime (fcclip_ros.backends)
-    onnxruntime_providers: tuple[str, ...] = ()  # in order of preference; () = CPU
+    max_input_pixels: int = default("max_input_pixels")
+    backend: str = default("backend")
+    onnxruntime_providers: tuple[str, ...] = default("onnxruntime_providers")
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> EngineConfig:
+        """The config for setting values named as the node's parameters (the node's, or the
+        CLI's flags): other names are ignored and missing ones keep their defaults, so node and
+        CLI build the engine the same way. Lists become tuples; "" for cache_dir is None."""
+        names = {field.name for field in fields(cls)}
+        given = {name: tuple(value) if isinstance(value, list) else value
+                 for name, value in values.items() if name in names}
+        return cls(**given | {"cache_dir": given.get("cache_dir") or None})
 
 
 def resolve_device(name: str) -> torch.device:
