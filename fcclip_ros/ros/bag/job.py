@@ -34,7 +34,6 @@ from fcclip_ros.depth_pairing import PendingDepth
 from fcclip_ros.engine import Engine, EngineError, EngineInterruptedError
 from fcclip_ros.frame_pipeline import DepthSource, FramePipeline, ThreeDCounts
 from fcclip_ros.image_conversion import (
-    DEFAULT_MAX_INPUT_PIXELS,
     ImageConversionError,
     compressed_to_rgb,
     image_to_rgb,
@@ -63,7 +62,7 @@ class BagOptions:
     every: int = 1  # segment every N-th frame of each camera
     outputs: tuple[str, ...] = ()  # per-frame outputs (fcclip_ros.outputs); empty: the defaults
     batch_size: int = 1
-    max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS
+    max_input_pixels: int = default("max_input_pixels")
     depth_topics: tuple[str, ...] = ()  # one per entry of `topics` ("" = none); empty: no 3D
     camera_info_topics: tuple[str, ...] = ()  # one per entry of `topics`; empty: beside each
     depth_max_delay_s: float = default("depth_max_delay_s")
