@@ -9,7 +9,7 @@ from fcclip_ros.settings import default
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from fcclip_ros.download import OFFICIAL_CHECKPOINTS
+    from fcclip_ros.cache import OFFICIAL_CHECKPOINTS
 
     parser = subparsers.add_parser(
         "download",
