@@ -51,7 +51,7 @@ rm -f "$out"/overlay_*.png
 vocabulary='[person, cat, "cup, mug", rocket, flag, table, bottle, box, book, "wall [stuff]", "sky [stuff]", "floor [stuff]", "grass [stuff]", "road [stuff]"]'
 
 say "model $model, weights $weights, $mode mode, short side $short_side, for $seconds s"
-"$py" -m fcclip_ros.ros.node --ros-args --params-file config/segment.yaml \
+"$py" -m fcclip_ros.ros.main --ros-args --params-file config/segment.yaml \
   -p "image_topics:=[/demo/image]" -p "model:=$model" -p "weights:=$weights" \
   -p "clip_weights:=$clip_weights" -p "mode:=$mode" -p "input_short_side:=$short_side" \
   -p "vocabulary:=$vocabulary" >"$out/node.log" 2>&1 &
