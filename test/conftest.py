@@ -7,47 +7,15 @@ import random
 import re
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import pytest
+from helpers.ros_harness import RosHarness
 
 # Chosen before any rclpy context exists, and inherited by every process a test starts, so that
 # parallel test sessions on one machine never see each other's topics.
 os.environ["ROS_DOMAIN_ID"] = os.environ.get("FCCLIP_TEST_DOMAIN_ID", str(random.randint(1, 101)))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
-
-TEST_DIR = Path(__file__).parent
-
-
-class RosHarness:
-    """A node in its own rclpy context plus an executor to spin it until something happens."""
-
-    def __init__(self, name: str) -> None:
-        import rclpy
-        from rclpy.executors import SingleThreadedExecutor
-
-        self.context = rclpy.Context()
-        rclpy.init(context=self.context)
-        self.node = rclpy.create_node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-
-    def spin_until(self, condition: Callable[[], bool], timeout: float = 20.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.executor.spin_once(timeout_sec=0.05)
-            if condition():
-                return True
-        return False
-
-    def close(self) -> None:
-        import rclpy
-
-        self.executor.shutdown()
-        self.node.destroy_node()
-        rclpy.shutdown(context=self.context)
 
 
 @pytest.fixture

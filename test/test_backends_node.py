@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skimage.data
+from helpers.images import message
+from helpers.lifecycle import LifecycleClient
+from helpers.node_process import NodeProcess, Outputs, image_message, peer_session
 from lifecycle_msgs.msg import Transition
-from ros_helpers import NodeProcess, Outputs, image_message, peer_session
-from test_image_conversion import message
-from test_node_lifecycle import LifecycleClient
 
 from fcclip_ros.export import SIDECAR_NAME
 

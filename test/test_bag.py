@@ -18,6 +18,19 @@ import numpy as np
 import pytest
 import skimage.data
 import yaml
+from helpers.rgbd_crop import (
+    DEPTH,
+    HEIGHT,
+    RGB,
+    WIDTH,
+    K,
+    P,
+    assert_boxes_match_back_projection,
+    cloud_pixels,
+    millimetres,
+    sent,
+)
+from helpers.rgbd_frame import INFO as ARC_INFO
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 from mcap_ros2.writer import Writer as Ros2Writer
@@ -445,8 +458,6 @@ def write_rgbd_recording(path: Path, depth_shape: tuple[int, int] | None = None,
     lens `distortion`, none by default) at 10 Hz, recorded as cameras deliver it: frame 0's
     depth logged before its colour frame, frame 1's after it, frame 2's depth stamped 30 ms
     late, frame 3 with no depth near it. Returns the colour stamps (ns)."""
-    from test_node_3d import DEPTH, HEIGHT, RGB, WIDTH, K, P, millimetres
-
     depth_mm = millimetres(DEPTH)
     if depth_shape is not None:
         depth_mm = np.ascontiguousarray(depth_mm[: depth_shape[0], : depth_shape[1]])
@@ -481,8 +492,6 @@ def write_rgbd_recording(path: Path, depth_shape: tuple[int, int] | None = None,
 
 
 def test_bag_with_depth_writes_segment_boxes_points_and_markers_like_the_node(tmp_path, capsys):
-    from test_node_3d import DEPTH, assert_boxes_match_back_projection, cloud_pixels, sent
-
     recording = tmp_path / "rgbd.mcap"
     stamps = write_rgbd_recording(recording)
     code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
@@ -515,9 +524,6 @@ def test_bag_with_depth_writes_segment_boxes_points_and_markers_like_the_node(tm
 
 @pytest.mark.parametrize("colour", ["/rgbd/color/image_raw", "/rgbd/color/image_rect_color"])
 def test_bag_undoes_lens_distortion_of_raw_images_only(tmp_path, capsys, colour):
-    from test_geometry import INFO as ARC_INFO
-    from test_node_3d import DEPTH, HEIGHT, WIDTH, K, P, assert_boxes_match_back_projection, sent
-
     recording = tmp_path / "rgbd.mcap"
     write_rgbd_recording(recording, colour=colour, distortion=ARC_INFO["D"])
     code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from official_layout import official_state_dict
+from helpers.official_layout import official_state_dict
 
 from fcclip_ros import cache
 from fcclip_ros.model.build import BuildError, CheckpointError, build_fcclip, load_fcclip_weights

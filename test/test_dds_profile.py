@@ -4,8 +4,8 @@ Without it, Fast DDS's default shared-memory segment (512 KB per process) is sma
 640x480 rgb8 frame, and with ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST (set by conftest.py)
 rmw_fastrtps replaces the builtin transports, so FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA does not
 help either. Frames then get lost. These tests measure the delivered fraction between two real
-processes (test/dds_peer.py) and print it for all three set-ups (`pytest -s` shows the table);
-only the profile's result is a contract.
+processes (test/helpers/dds_peer.py) and print it for all three set-ups (`pytest -s` shows the
+table); only the profile's result is a contract.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
+from helpers.paths import HELPERS_DIR, ROOT
 
-REPO = Path(__file__).resolve().parents[1]
-PROFILE = REPO / "config" / "fastdds_large_images.xml"
-PEER = Path(__file__).with_name("dds_peer.py")
+PROFILE = ROOT / "config" / "fastdds_large_images.xml"
+PEER = HELPERS_DIR / "dds_peer.py"
 
 # NAME:WIDTHxHEIGHT:RATE_HZ:SECONDS:PUBLISHER_RELIABILITY, measured after a one-second warm-up.
 # The subscriber is always best effort, depth 1, like our node's camera input.
@@ -94,7 +93,7 @@ def run_case(overrides: dict[str, str], streams: list[str]) -> Measurement:
         return subprocess.Popen(
             [sys.executable, str(PEER), role, *streams],
             env=env,
-            cwd=REPO,
+            cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

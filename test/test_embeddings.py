@@ -15,7 +15,7 @@ import pytest
 import skimage.data
 import torch
 import torch.nn.functional as F
-from test_postprocess import full_size, owners
+from helpers.reference import full_size, owners
 
 from fcclip_ros import engine as engine_module
 from fcclip_ros import postprocess

@@ -8,8 +8,8 @@ import imgviz
 import numpy as np
 import pytest
 import torch
-from official_layout import official_state_dict
-from test_postprocess import full_size, reference_panoptic, reference_semantic
+from helpers.official_layout import official_state_dict
+from helpers.reference import full_size, reference_panoptic, reference_semantic
 
 from fcclip_ros.engine import Engine, EngineConfig, EngineError
 from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS

@@ -7,8 +7,16 @@ from __future__ import annotations
 import types
 
 import numpy as np
-from test_geometry import ARC, DEPTH, HEIGHT, INFO, INTRINSICS, WIDTH, depth_message
-from test_messages import arc_segmentation
+from helpers.rgbd_frame import (
+    ARC,
+    DEPTH,
+    HEIGHT,
+    INFO,
+    INTRINSICS,
+    WIDTH,
+    arc_segmentation,
+    depth_message,
+)
 
 from fcclip_ros.frame_pipeline import DepthSource, FramePipeline, segment_records
 from fcclip_ros.geometry import DepthFrame, Intrinsics, segment_geometry

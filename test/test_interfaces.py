@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from conftest import TEST_DIR
-from interface_peer import sample_segment_array
+from helpers.interface_peer import sample_segment_array
+from helpers.paths import HELPERS_DIR
 
 from fcclip_ros.msg import Segment, SegmentArray, Vocabulary
 from fcclip_ros.srv import GetVocabulary, SetVocabulary
 
-PEER = str(TEST_DIR / "interface_peer.py")
+PEER = str(HELPERS_DIR / "interface_peer.py")
 
 
 def test_generated_interfaces_have_the_contract_fields():

@@ -8,12 +8,12 @@ import types
 
 import numpy as np
 import pytest
+from helpers.rgbd_frame import ARC, DEPTH, INTRINSICS, arc_result, arc_segmentation
 from std_msgs.msg import Header
-from test_geometry import ARC, DEPTH, INTRINSICS, arc_result
 from visualization_msgs.msg import Marker
 
 from fcclip_ros.geometry import point_cloud, segment_geometry
-from fcclip_ros.result import UNLABELED, Segment, Segmentation
+from fcclip_ros.result import UNLABELED
 from fcclip_ros.ros.messages import (
     detections_3d_message,
     detections_message,
@@ -27,23 +27,6 @@ from fcclip_ros.vocabulary import Vocabulary
 
 HEADER = Header(frame_id="camera_color_optical_frame")
 HEADER.stamp.sec = 7
-
-
-def arc_segmentation() -> Segmentation:
-    """The frame's hand-made masks as segments, plus one segment where there is no depth."""
-    result = arc_result()
-    segments = []
-    for index, label in enumerate(ARC["labels"]):
-        rows, cols = np.nonzero(result.instances == index + 1)
-        segments.append(Segment(
-            id=index + 1, class_id=int(label), label=ARC["class_names"][label], score=0.5,
-            is_thing=True, area=rows.size,
-            bbox=(int(cols.min()), int(rows.min()), int(np.ptp(cols)) + 1, int(np.ptp(rows)) + 1),
-        ))
-    segments.append(Segment(id=99, class_id=0, label="void", score=0.1, is_thing=False, area=0,
-                            bbox=(0, 0, 1, 1)))
-    result.segments = segments
-    return result
 
 
 def stand_in_vision_msgs() -> types.SimpleNamespace:

@@ -14,13 +14,11 @@ import numpy as np
 import pytest
 import skimage.data
 import yaml
-from launch_stubs import launch, load_launch_file
-from rclpy.parameter import Parameter
-from ros_helpers import (
+from helpers.images import message, mosaic, pack_422, to_16bit
+from helpers.launch_stubs import launch, load_launch_file
+from helpers.node_process import (
     IMAGE_OUTPUTS,
     LATCHED,
-    PARAMS_FILE,
-    ROOT,
     TEST_PARAMETERS,
     NodeProcess,
     Outputs,
@@ -30,7 +28,8 @@ from ros_helpers import (
     image_message,
     peer_session,
 )
-from test_image_conversion import message, mosaic, pack_422, to_16bit
+from helpers.paths import PARAMS_FILE, ROOT
+from rclpy.parameter import Parameter
 
 from fcclip_ros.cli.node_commands import add_subcommands
 from fcclip_ros.image_conversion import image_to_rgb

@@ -15,25 +15,33 @@ from typing import Any
 
 import numpy as np
 import pytest
-from ros_helpers import TEST_PARAMETERS, NodeProcess, Outputs, Peer, decode, peer_session, stamp_key
+from helpers.node_process import (
+    TEST_PARAMETERS,
+    NodeProcess,
+    Outputs,
+    Peer,
+    decode,
+    peer_session,
+    stamp_key,
+)
+from helpers.rgbd_crop import (
+    DEPTH,
+    FRAME,
+    HEIGHT,
+    RGB,
+    WIDTH,
+    assert_boxes_match_back_projection,
+    camera_info,
+    cloud_pixels,
+    colour,
+    depth_image,
+    sent,
+)
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from test_geometry import ARC, reference_box
 from visualization_msgs.msg import Marker, MarkerArray
 
-from fcclip_ros.geometry import Intrinsics
-from fcclip_ros.image_conversion import fill_image
 from fcclip_ros.result import UNLABELED
 
-ROWS, COLS = slice(200, 392), slice(240, 496)  # 192x256, the shelf bin with its objects
-RGB = np.ascontiguousarray(ARC["rgb"][ROWS, COLS])
-DEPTH = np.ascontiguousarray(ARC["depth"][ROWS, COLS])  # metres, NaN = no reading
-HEIGHT, WIDTH = DEPTH.shape
-P = list(ARC["camera_info"]["P"])
-P[2], P[6] = P[2] - COLS.start, P[6] - ROWS.start  # the crop moves the principal point
-K = list(ARC["camera_info"]["K"])
-K[2], K[5] = K[2] - COLS.start, K[5] - ROWS.start
-INTRINSICS = Intrinsics.from_camera_info(WIDTH, HEIGHT, K, P)
-FRAME = "camera_color_optical_frame"
 HAVE_VISION_MSGS = importlib.util.find_spec("vision_msgs") is not None
 CAMERAS = ("/rgbd/color/image_raw", "/noinfo/color/image_raw", "/plain/image")
 DEPTHS = ("/rgbd/depth/image_raw", "/noinfo/depth/image_raw", "")
@@ -90,37 +98,6 @@ def rgbd(peer):
         outputs.close()
 
 
-def stamped(msg: Any, stamp: tuple[int, int]) -> Any:
-    msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
-    msg.header.frame_id = FRAME
-    return msg
-
-
-def colour(stamp: tuple[int, int]) -> Image:
-    return stamped(fill_image(Image(), RGB, "rgb8"), stamp)
-
-
-def millimetres(metres: np.ndarray) -> np.ndarray:
-    return np.nan_to_num(metres * 1000).round().astype(np.uint16)
-
-
-def sent(metres: np.ndarray) -> np.ndarray:
-    """The depth in metres as the node receives it in 16UC1 (NaN = no reading)."""
-    values = millimetres(metres)
-    return np.where(values > 0, values / 1000, np.nan)
-
-
-def depth_image(stamp: tuple[int, int], metres: np.ndarray = DEPTH) -> Image:
-    msg = fill_image(Image(), millimetres(metres), "mono16")  # the same layout as 16UC1
-    msg.encoding = "16UC1"
-    return stamped(msg, stamp)
-
-
-def camera_info(stamp: tuple[int, int]) -> CameraInfo:
-    return stamped(CameraInfo(width=WIDTH, height=HEIGHT, k=K, p=P,
-                              distortion_model="plumb_bob"), stamp)
-
-
 def shifted(stamp: tuple[int, int], milliseconds: float) -> tuple[int, int]:
     sec, nanosec = divmod(stamp[0] * 10**9 + stamp[1] + round(milliseconds * 1e6), 10**9)
     return sec, nanosec
@@ -160,25 +137,6 @@ def same_frame_depth(stamp: tuple[int, int]) -> list[Image]:
     return [depth_image(stamp)]
 
 
-def assert_boxes_match_back_projection(segments: Any, instances: np.ndarray, depth: np.ndarray,
-                                       intrinsics: Intrinsics = INTRINSICS) -> int:
-    """Each segment's 3D fields equal the test's own back-projection of its pixels; returns
-    how many segments had depth."""
-    with_depth = 0
-    for segment in segments:
-        center, size, count = reference_box(instances, segment.id, depth, intrinsics)
-        assert segment.depth_pixels == count
-        if not count:
-            assert (segment.center.z, segment.size.z) == (0.0, 0.0)
-            continue
-        with_depth += 1
-        got = np.array([segment.center.x, segment.center.y, segment.center.z])
-        np.testing.assert_allclose(got, center, atol=1e-3)
-        np.testing.assert_allclose([segment.size.x, segment.size.y, segment.size.z], size,
-                                   atol=1e-3)
-    return with_depth
-
-
 def test_segment_centres_agree_with_a_direct_back_projection_of_their_pixels(peer, rgbd):
     outputs = rgbd()
     msg, frame = publish_rgbd(peer, outputs, ["instances", "segments"], same_frame_depth)
@@ -186,20 +144,6 @@ def test_segment_centres_agree_with_a_direct_back_projection_of_their_pixels(pee
     instances = decode(frame["instances"])
     assert assert_boxes_match_back_projection(frame["segments"].segments, instances,
                                               sent(DEPTH)) > 0
-
-
-def cloud_pixels(cloud: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """A PointCloud2 of our layout as a structured array, and the pixel (row, col) each point
-    projects back to through the camera's intrinsics."""
-    names = [field.name for field in cloud.fields]
-    assert names == ["x", "y", "z", "rgb", "label", "instance"]
-    dtype = np.dtype({"names": names, "offsets": [f.offset for f in cloud.fields],
-                      "formats": ["<f4", "<f4", "<f4", "<u4", "<u2", "<u2"],
-                      "itemsize": cloud.point_step})
-    points = np.frombuffer(bytes(cloud.data), dtype)
-    cols = np.rint(points["x"] * INTRINSICS.fx / points["z"] + INTRINSICS.cx).astype(int)
-    rows = np.rint(points["y"] * INTRINSICS.fy / points["z"] + INTRINSICS.cy).astype(int)
-    return points, rows, cols
 
 
 def test_point_cloud_labels_equal_the_label_image_at_the_sampled_pixels(peer, rgbd):
@@ -388,7 +332,6 @@ def test_label_info_is_latched_and_republished_on_every_vocabulary_change(peer):
 def test_without_vision_msgs_the_node_says_once_which_outputs_are_off(node, peer):
     assert node.output().count("vision_msgs is not installed") == 1
     assert "detections, detections_3d, label_info are off" in node.output()
-
 
 
 @pytest.mark.parametrize("name", ["depth_topics", "camera_info_topics"])

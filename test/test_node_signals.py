@@ -10,8 +10,15 @@ import time
 import numpy as np
 import pytest
 import skimage.data
-from ros_helpers import TEST_PARAMETERS, NodeProcess, Outputs, Peer, image_message, peer_session
-from test_image_conversion import message
+from helpers.images import message
+from helpers.node_process import (
+    TEST_PARAMETERS,
+    NodeProcess,
+    Outputs,
+    Peer,
+    image_message,
+    peer_session,
+)
 
 LAUNCH_SIGINT_GRACE_S = 5.0
 # A real photo at camera size: with rn50 at the official 800 short side, seconds of CPU work.

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ros_helpers import NodeProcess, Outputs, peer_session, stamp_key
+from helpers.node_process import NodeProcess, Outputs, peer_session, stamp_key
+from helpers.rgbd_crop import FRAME, camera_info, colour, depth_image
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from test_node_3d import FRAME, camera_info, colour, depth_image
 
 CAMERA, INFO = "/slow/color/image_raw", "/slow/color/camera_info"
 DEPTH_TOPIC = "/slow/depth/image_raw"

@@ -9,8 +9,8 @@ from dataclasses import fields
 
 import pytest
 import yaml
-from launch_stubs import declared_arguments, launch, load_launch_file
-from ros_helpers import PARAMS_FILE
+from helpers.launch_stubs import declared_arguments, launch, load_launch_file
+from helpers.paths import PARAMS_FILE
 
 from fcclip_ros import cli
 from fcclip_ros.engine import EngineConfig

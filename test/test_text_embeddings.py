@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.paths import TEST_DIR
+from helpers.text_tower import ByteTower, byte_tokenizer
 from torch import nn
 
 from fcclip_ros.text_embeddings import (
@@ -26,8 +28,6 @@ from fcclip_ros.text_embeddings import (
     text_tower_fingerprint,
 )
 from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary
-
-TEST_DIR = Path(__file__).parent
 
 # VILD_PROMPT as printed in reference §4 (fcclip/fcclip.py).
 OFFICIAL_TEMPLATES = [
@@ -58,22 +58,6 @@ def tiny_clip(seed: int, text_cfg: dict | None = None) -> nn.Module:
     text = text_cfg or dict(context_length=77, vocab_size=49408, width=64, heads=2, layers=2)
     vision = CLIPVisionCfg(layers=1, width=32, head_width=32, patch_size=16, image_size=32)
     return CLIP(embed_dim=32, vision_cfg=vision, text_cfg=CLIPTextCfg(**text)).eval()
-
-
-class ByteTower(nn.Module):
-    """A stand-in text tower without open_clip, for subprocesses that must start fast."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.token_embedding = nn.Embedding(256, 8)
-
-    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        return self.token_embedding(tokens).mean(dim=1)
-
-
-def byte_tokenizer(texts: list[str]) -> torch.Tensor:
-    return torch.tensor([list(text.encode()[:77].ljust(77, b"\0")) for text in texts])
 
 
 class CountingTokenizer:
@@ -289,7 +273,7 @@ import sys, time
 from pathlib import Path
 sys.path.insert(0, {test_dir!r})
 from fcclip_ros.text_embeddings import TextEmbedder
-from test_text_embeddings import ByteTower, byte_tokenizer
+from helpers.text_tower import ByteTower, byte_tokenizer
 
 cache, name = Path({cache!r}), {name!r}
 embedder = TextEmbedder(ByteTower(), byte_tokenizer, "bytes", cache)

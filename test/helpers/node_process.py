@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import RosHarness
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.parameter import Parameter, parameter_value_to_python
 from rclpy.parameter_client import AsyncParameterClient
@@ -26,6 +25,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from fcclip_ros.msg import SegmentArray, SegmentEmbeddings, Vocabulary
 from fcclip_ros.srv import GetVocabulary, Query, SetVocabulary
+from helpers.ros_harness import RosHarness
 
 # The real node with the small test configuration and random weights: fast on a CPU.
 TEST_PARAMETERS = (
@@ -44,8 +44,6 @@ RUN_COMMAND = (
     "parser = argparse.ArgumentParser(); add_subcommands(parser.add_subparsers(required=True)); "
     "args = parser.parse_args(); sys.exit(args.func(args))"
 )
-ROOT = Path(__file__).resolve().parents[1]
-PARAMS_FILE = ROOT / "config" / "segment.yaml"
 
 
 class NodeProcess:

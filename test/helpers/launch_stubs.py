@@ -6,7 +6,7 @@ import importlib.util
 import sys
 import types
 
-from ros_helpers import PARAMS_FILE, ROOT
+from helpers.paths import PARAMS_FILE, ROOT
 
 
 class _Recorded:
