@@ -5,7 +5,8 @@ Without it, Fast DDS's default shared-memory segment (512 KB per process) is sma
 rmw_fastrtps replaces the builtin transports, so FASTDDS_BUILTIN_TRANSPORTS=LARGE_DATA does not
 help either. Frames then get lost. These tests measure the delivered fraction between two real
 processes (test/helpers/dds_peer.py) and print it for all three set-ups (`pytest -s` shows the
-table); only the profile's result is a contract.
+table); only the profile's result is a contract. The node's diagnostics say which of these
+set-ups it runs in, and point to the profile where it helps.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from helpers.paths import HELPERS_DIR, ROOT
+
+from fcclip_ros.ros.diagnostics import dds_transport
 
 PROFILE = ROOT / "config" / "fastdds_large_images.xml"
 PEER = HELPERS_DIR / "dds_peer.py"
@@ -173,3 +176,21 @@ def test_profile_beats_default_transports(measure: Callable[[str], Measurement])
         profile = results["profile"].fraction(stream)
         for case in cases[:-1]:
             assert profile >= results[case].fraction(stream) - 0.1, (case, stream)
+
+
+@pytest.mark.parametrize(
+    ("env", "case", "advised"),
+    [
+        ({}, "Fast DDS builtin transports DEFAULT", True),
+        ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
+         "Fast DDS builtin transports LARGE_DATA, localhost discovery", True),
+        ({"FASTDDS_DEFAULT_PROFILES_FILE": "/p.xml"}, "Fast DDS profile /p.xml", False),
+        ({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, "rmw_cyclonedds_cpp (not Fast DDS)", False),
+    ],
+)
+def test_diagnostics_say_which_dds_transport_case_large_images_are_in(env, case, advised):
+    said, advice = dds_transport(env)
+    assert said == case
+    assert bool(advice) == advised
+    assert not advice or "config/fastdds_large_images.xml" in advice
+    assert PROFILE.is_file()

@@ -13,9 +13,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-import yaml
 from helpers.images import message, mosaic, pack_422, to_16bit
-from helpers.launch_stubs import launch, load_launch_file
 from helpers.node_process import (
     IMAGE_OUTPUTS,
     LATCHED,
@@ -28,17 +26,14 @@ from helpers.node_process import (
     image_message,
     peer_session,
 )
-from helpers.paths import PARAMS_FILE, ROOT
+from helpers.paths import PARAMS_FILE
 from rclpy.parameter import Parameter
 
 from fcclip_ros.cli.node_commands import add_subcommands
 from fcclip_ros.image_conversion import image_to_rgb
 from fcclip_ros.msg import Vocabulary
 from fcclip_ros.result import UNLABELED
-from fcclip_ros.ros.diagnostics import dds_transport
-from fcclip_ros.settings import SETTINGS_BY_NAME, default
 from fcclip_ros.srv import SetVocabulary
-from fcclip_ros.topics import output_namespace
 
 CAMERA_A, CAMERA_B = "/cam_a/image", "/cam_b/image"
 OUTPUTS_A, OUTPUTS_B = "/cam_a/segmentation", "/cam_b/segmentation"
@@ -685,104 +680,6 @@ def test_start_up_errors_exit_non_zero_with_the_reason_and_no_traceback(tmp_path
     finally:
         for process in processes.values():
             process.stop()
-
-
-def test_launch_file_overrides_only_the_parameters_given_as_arguments(monkeypatch):
-    [node], declared, _ = launch(
-        monkeypatch,
-        image_topics="[/front/image_raw, /rear/image_raw]",
-        model="rn50",
-        input_short_side="480",
-    )
-    for name in ("params_file", "namespace", "image_topics", "device", "model", "weights", "rviz"):
-        assert name in declared, name
-    assert (node.kwargs["package"], node.kwargs["executable"]) == ("fcclip_ros", "segmenter")
-    assert node.kwargs["name"] == "fcclip"
-    assert node.kwargs["parameters"] == [
-        str(PARAMS_FILE),
-        {
-            "image_topics": ["/front/image_raw", "/rear/image_raw"],
-            "model": "rn50",
-            "input_short_side": 480,
-            "use_sim_time": False,
-        },
-    ]
-    [node], _, _ = launch(monkeypatch, image_topics="camera/image_raw", device="cuda:1",
-                          use_sim_time="true")
-    assert node.kwargs["parameters"][1] == {
-        "image_topics": ["camera/image_raw"],
-        "device": "cuda:1",
-        "use_sim_time": True,
-    }
-    overrides = load_launch_file(monkeypatch).OVERRIDES
-    assert set(overrides) <= set(SETTINGS_BY_NAME)
-
-
-def test_launch_accepts_image_topic_for_one_camera_and_warns_about_typos(monkeypatch):
-    [node], _, logger = launch(monkeypatch, image_topic="/camera/color/image_raw")
-    assert node.kwargs["parameters"][1]["image_topics"] == ["/camera/color/image_raw"]
-    assert logger.warnings == []
-
-    [node], _, logger = launch(monkeypatch, image_topcs="/camera/image", image_topics="/a/image")
-    assert node.kwargs["parameters"][1]["image_topics"] == ["/a/image"]
-    assert len(logger.warnings) == 1 and "did you mean 'image_topics'" in logger.warnings[0]
-
-
-def _rviz_topics(path: str) -> tuple[list[str], set[str]]:
-    """(topics of the enabled displays, of the disabled ones) of an RViz config file."""
-    with open(path) as config:
-        displays = yaml.safe_load(config)["Visualization Manager"]["Displays"]
-    shown = [d["Topic"]["Value"] for d in displays if d["Enabled"]]
-    return shown, {d["Topic"]["Value"] for d in displays if not d["Enabled"]}
-
-
-def test_launch_with_rviz_shows_the_overlay_of_every_camera_and_3d_of_those_with_depth(
-        monkeypatch):
-    [node, rviz], _, _ = launch(
-        monkeypatch, rviz="true", namespace="robot1", image_topics="[front/image, /rear/image]",
-        depth_topics='[front/depth, ""]',
-    )
-    assert node.kwargs["parameters"][1]["depth_topics"] == ["front/depth", ""]
-    assert (rviz.kwargs["package"], rviz.kwargs["executable"]) == ("rviz2", "rviz2")
-    assert rviz.kwargs["arguments"][0] == "-d"
-    shown, hidden = _rviz_topics(rviz.kwargs["arguments"][1])
-    assert shown == ["/robot1/front/segmentation/overlay", "/robot1/front/segmentation/points",
-                     "/robot1/front/segmentation/markers", "/rear/segmentation/overlay"]
-    assert {"/robot1/front/segmentation/labels", "/rear/segmentation/confidence",
-            "/rear/segmentation/points", "/rear/segmentation/markers"} <= hidden
-
-    [_, rviz], _, _ = launch(monkeypatch, rviz="true")  # the params file's camera: `image`
-    assert _rviz_topics(rviz.kwargs["arguments"][1])[0] == ["/segmentation/overlay"]
-    assert len(launch(monkeypatch, rviz="false")[0]) == 1
-
-
-def test_rviz_config_shows_the_overlay_points_and_markers_of_the_default_camera():
-    config = yaml.safe_load((ROOT / "rviz" / "segment.rviz").read_text())
-    displays = config["Visualization Manager"]["Displays"]
-    shown = [(d["Class"], d["Topic"]["Value"]) for d in displays if d["Enabled"]]
-    [default_topic] = default("image_topics")
-    outputs = f"/{output_namespace(default_topic)}"
-    assert shown == [("rviz_default_plugins/Image", f"{outputs}/overlay"),
-                     ("rviz_default_plugins/PointCloud2", f"{outputs}/points"),
-                     ("rviz_default_plugins/MarkerArray", f"{outputs}/markers")]
-
-
-@pytest.mark.parametrize(
-    ("env", "case", "advised"),
-    [
-        ({}, "Fast DDS builtin transports DEFAULT", True),
-        ({"FASTDDS_BUILTIN_TRANSPORTS": "LARGE_DATA", "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"},
-         "Fast DDS builtin transports LARGE_DATA, localhost discovery", True),
-        ({"FASTDDS_DEFAULT_PROFILES_FILE": "/p.xml"}, "Fast DDS profile /p.xml", False),
-        ({"RMW_IMPLEMENTATION": "rmw_cyclonedds_cpp"}, "rmw_cyclonedds_cpp (not Fast DDS)", False),
-    ],
-)
-def test_diagnostics_say_which_dds_transport_case_large_images_are_in(env, case, advised):
-    said, advice = dds_transport(env)
-    assert said == case
-    assert bool(advice) == advised
-    assert not advice or "config/fastdds_large_images.xml" in advice
-    assert (ROOT / "config" / "fastdds_large_images.xml").is_file()
 
 
 def test_without_pre_set_callbacks_a_preset_beside_classes_is_refused_with_the_reason():
