@@ -11,6 +11,8 @@ import pytest
 
 from fcclip_ros.depth_pairing import DepthPairing
 
+pytestmark = pytest.mark.fast
+
 MS = 1_000_000  # nanoseconds
 
 

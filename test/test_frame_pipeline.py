@@ -7,6 +7,7 @@ from __future__ import annotations
 import types
 
 import numpy as np
+import pytest
 from helpers.rgbd_frame import (
     ARC,
     DEPTH,
@@ -20,6 +21,8 @@ from helpers.rgbd_frame import (
 
 from fcclip_ros.frame_pipeline import DepthSource, FramePipeline, segment_records
 from fcclip_ros.geometry import DepthFrame, Intrinsics, segment_geometry
+
+pytestmark = pytest.mark.fast
 
 MS = 1_000_000
 

@@ -41,6 +41,8 @@ from fcclip_ros.geometry import (
 from fcclip_ros.result import UNLABELED
 from fcclip_ros.topics import is_rectified_topic
 
+pytestmark = pytest.mark.fast
+
 
 def test_segment_boxes_agree_with_a_direct_back_projection_of_their_interior_pixels():
     instances = arc_instances()

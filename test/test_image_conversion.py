@@ -24,6 +24,8 @@ from fcclip_ros.image_conversion import (
     image_to_rgb,
 )
 
+pytestmark = pytest.mark.fast
+
 RGB = np.ascontiguousarray(skimage.data.astronaut()[::8, ::8])  # (64, 64, 3) real photo
 
 

@@ -3,12 +3,15 @@ the node and RViz it starts for the arguments given, and the RViz config it show
 
 from __future__ import annotations
 
+import pytest
 import yaml
 from helpers.launch_stubs import launch, load_launch_file
 from helpers.paths import PARAMS_FILE, ROOT
 
 from fcclip_ros.settings import SETTINGS_BY_NAME, default
 from fcclip_ros.topics import output_namespace
+
+pytestmark = pytest.mark.fast
 
 
 def test_launch_file_overrides_only_the_parameters_given_as_arguments(monkeypatch):

@@ -25,6 +25,8 @@ from fcclip_ros.ros.messages import (
 )
 from fcclip_ros.vocabulary import Vocabulary
 
+pytestmark = pytest.mark.fast
+
 HEADER = Header(frame_id="camera_color_optical_frame")
 HEADER.stamp.sec = 7
 

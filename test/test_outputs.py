@@ -19,6 +19,8 @@ from fcclip_ros.ros.messages import (
     vision_msgs,
 )
 
+pytestmark = pytest.mark.fast
+
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
 

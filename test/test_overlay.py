@@ -6,10 +6,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import skimage.data
 
 from fcclip_ros.overlay import OverlayStyle, class_color, draw_overlay
 from fcclip_ros.result import Segment
+
+pytestmark = pytest.mark.fast
 
 PHOTO = np.ascontiguousarray(skimage.data.coffee()[:200, :240])  # real photo, 200x240
 

@@ -15,6 +15,8 @@ from fcclip_ros.model.deformable_attention import (
 from fcclip_ros.model.pixel_decoder import MSDeformAttnPixelDecoder, pixel_centres
 from fcclip_ros.model.position_encoding import PositionEmbeddingSine
 
+pytestmark = pytest.mark.fast
+
 CONVNEXT_L_CHANNELS = {"res2": 192, "res3": 384, "res4": 768, "res5": 1536}
 SMALL_CHANNELS = {"res2": 16, "res3": 24, "res4": 32, "res5": 48}
 STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}

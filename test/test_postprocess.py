@@ -28,6 +28,8 @@ from fcclip_ros.postprocess import (
 )
 from fcclip_ros.result import UNLABELED, Segmentation
 
+pytestmark = pytest.mark.fast
+
 NUM_QUERIES, NUM_CLASSES, HEIGHT, WIDTH = 20, 5, 48, 64
 IS_THING = torch.tensor([True, True, False, True, False])
 NAMES = ["person", "car", "sky", "dog", "road"]
@@ -407,8 +409,9 @@ def test_chunked_panoptic_ranks_nan_like_the_previous_implementation():
 @pytest.mark.parametrize("seed", [0, 1])
 @pytest.mark.parametrize("geometry", EXACT)
 # (300, 1) and (5000, 8): more classes than chunk_size x rows, so bands are parts of one row.
-@pytest.mark.parametrize(("num_classes", "chunk_size"),
-                         [(5, 8), (300, 8), (300, 1), (5000, 8), (5, 100)])
+@pytest.mark.parametrize(("num_classes", "chunk_size"), [
+    (5, 8), (300, 8), (300, 1), pytest.param(5000, 8, marks=pytest.mark.slow), (5, 100),
+])
 def test_banded_semantic_equals_the_previous_implementation(
     seed, geometry, num_classes, chunk_size
 ):
@@ -480,6 +483,7 @@ def test_post_processing_memory_does_not_grow_with_queries_or_classes():
     assert semantic < 100e6  # 20 sigmoid maps (25 MB) and bands of scores
 
 
+@pytest.mark.slow
 def test_semantic_memory_stays_bounded_with_tens_of_thousands_of_classes():
     # One row of scores for 60000 classes would be 154 MB at 640 pixels wide; a band is at most
     # chunk_size x H x W = 9.8 MB, beside 20 sigmoid maps (25 MB) and the maps (18 MB).

@@ -15,6 +15,8 @@ from fcclip_ros.preprocess import (
     resized_size,
 )
 
+pytestmark = pytest.mark.fast
+
 MEAN = np.array(PIXEL_MEAN, dtype=np.float32)
 STD = np.array(PIXEL_STD, dtype=np.float32)
 

@@ -9,6 +9,8 @@ import pytest
 
 from fcclip_ros.scheduling import FrameScheduler
 
+pytestmark = pytest.mark.fast
+
 
 def test_a_newer_frame_replaces_the_waiting_one_and_counts_it_as_skipped():
     scheduler = FrameScheduler(cameras=1)

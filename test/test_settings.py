@@ -16,6 +16,8 @@ from fcclip_ros import cli
 from fcclip_ros.engine import EngineConfig
 from fcclip_ros.settings import SETTINGS, SETTINGS_BY_NAME, default, flags, note
 
+pytestmark = pytest.mark.fast
+
 # The shortest command line of each command: what it needs besides the settings' flags.
 REQUIRED = {
     "segment": ["segment", "photo.png", "--out", "out"],

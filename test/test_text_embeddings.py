@@ -29,6 +29,8 @@ from fcclip_ros.text_embeddings import (
 )
 from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary
 
+pytestmark = pytest.mark.fast
+
 # VILD_PROMPT as printed in reference §4 (fcclip/fcclip.py).
 OFFICIAL_TEMPLATES = [
     "a photo of a {}.",

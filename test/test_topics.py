@@ -11,6 +11,8 @@ from fcclip_ros.topics import (
     resolve_topic,
 )
 
+pytestmark = pytest.mark.fast
+
 
 @pytest.mark.parametrize(
     ("topic", "namespace"),

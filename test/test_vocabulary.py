@@ -26,6 +26,8 @@ from fcclip_ros.vocabulary import (
     parse_entry,
 )
 
+pytestmark = pytest.mark.fast
+
 # Digests of the official lists, computed from bytedance/fc-clip@2b0bbe2 with the official parsing:
 # sha256 of "\n".join(",".join(synonyms) per class) in official order, and of repr(thing indices)
 # from the isthing flags of openseg_classes.py (None where the dataset has no panoptic split).
