@@ -77,12 +77,17 @@ def test_same_seed_gives_identical_results(tmp_path, engine, photo):
 
 
 def test_batch_of_equal_sized_images_equals_one_by_one(engine, photo):
+    """The same segments and scores; the labels may differ on a few boundary pixels, since
+    oneDNN convolves a batch of two with other kernels than a single image (float rounding)."""
     flipped = np.ascontiguousarray(photo[:, ::-1])
     batched = engine.segment_batch([photo, flipped], with_confidence=[True, False])
     for single, image in zip(batched, [photo, flipped], strict=True):
         alone = engine.segment(image)
-        assert np.array_equal(single.labels, alone.labels)
+        assert (single.labels != alone.labels).mean() < 1e-4
         assert [s.id for s in single.segments] == [s.id for s in alone.segments]
+        assert [s.label for s in single.segments] == [s.label for s in alone.segments]
+        np.testing.assert_allclose([s.score for s in single.segments],
+                                   [s.score for s in alone.segments], atol=1e-5)
     assert batched[1].confidence is None
 
 

@@ -55,6 +55,14 @@ def test_one_default_for_what_used_to_drift():
     assert default("max_input_pixels") == DEFAULT_MAX_INPUT_PIXELS
 
 
+def test_the_bag_job_defaults_are_the_tables():
+    from fcclip_ros.ros.bag import BagOptions
+
+    options = BagOptions()
+    for name in ("points_stride", "depth_max_delay_s", "max_input_pixels"):
+        assert getattr(options, name) == default(name), name
+
+
 def test_choices_are_the_lists_of_the_modules_that_use_them():
     from fcclip_ros.backends import BACKENDS
     from fcclip_ros.engine import MODES, PRECISIONS
