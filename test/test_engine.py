@@ -11,7 +11,7 @@ import torch
 from helpers.official_layout import official_state_dict
 from helpers.reference import full_size, reference_panoptic, reference_semantic
 
-from fcclip_ros.engine import Engine, EngineConfig, EngineError
+from fcclip_ros.engine import Engine, EngineConfig, EngineError, ieee_fp32
 from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS
 from fcclip_ros.postprocess import QueryMasks, semantic_to_segmentation, to_segmentation
 from fcclip_ros.preprocess import prepare_batch
@@ -235,3 +235,20 @@ def test_images_over_max_input_pixels_are_refused_before_any_work(tmp_path, phot
     giant = np.broadcast_to(np.uint8(0), (4097, 4096, 3))  # no memory behind it
     with pytest.raises(EngineError, match="4096x4097 = 16781312 pixels, over max_input_pixels"):
         Engine(replace(TINY, cache_dir=str(tmp_path))).segment(giant)
+
+
+def test_fp32_on_cuda_turns_tf32_off_for_the_forward_and_restores_it():
+    # The flags are process-wide and settable without a GPU; the forward's own use is checked on
+    # a GPU by bench/gpu_check.py (fp32 must match the CPU).
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        with ieee_fp32():
+            assert not torch.backends.cudnn.allow_tf32
+            assert not torch.backends.cuda.matmul.allow_tf32
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+        with pytest.raises(RuntimeError), ieee_fp32():
+            raise RuntimeError("a failing forward")
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
