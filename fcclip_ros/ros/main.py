@@ -64,8 +64,8 @@ def run(argv: Sequence[str] | None = None) -> int:
             _start(node)
         _on_signals(lambda *_: node.exit_requested.set())
         spinner = threading.Thread(
-            target=_spin, args=(executor, node.exit_requested), name="fcclip-executor", daemon=True
-        )
+            target=_spin, args=(executor, node.exit_requested, node.get_logger()),
+            name="fcclip-executor", daemon=True)
         spinner.start()
         while not node.exit_requested.wait(timeout=0.2):
             pass
@@ -100,11 +100,20 @@ def _start(node: SegmenterNode) -> None:
         raise ConfigurationError("activate failed (see the log)")
 
 
-def _spin(executor: MultiThreadedExecutor, done: threading.Event) -> None:
+def _spin(executor: MultiThreadedExecutor, done: threading.Event, logger: Any) -> None:
+    """Spin until shutdown. rclpy re-raises a callback's exception in the spinning thread
+    (MultiThreadedExecutor), which would end spinning and with it every service, the lifecycle
+    ones included: such an exception is logged and spinning goes on."""
     try:
-        executor.spin()
-    except ExternalShutdownException:
-        pass
+        while not done.is_set():
+            try:
+                executor.spin()
+                return
+            except ExternalShutdownException:
+                return
+            except Exception as error:
+                logger.error(f"a callback raised {type(error).__name__}: {error}; "
+                             "the node goes on")
     finally:
         done.set()
 

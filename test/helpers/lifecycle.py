@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
@@ -17,10 +18,12 @@ class LifecycleClient:
         self.peer = peer
         self.change = peer.node.create_client(ChangeState, f"{node}/change_state")
         self.get = peer.node.create_client(GetState, f"{node}/get_state")
+        self.node: NodeProcess | None = None  # its log goes with a failure
 
     def wait(self, node: NodeProcess, timeout: float = 60.0) -> None:
         """Until both services are discovered and matched: a request sent the moment a server
         is discovered can be lost while its endpoints still match (then it is never answered)."""
+        self.node = node
         deadline = time.monotonic() + timeout
         for client in (self.change, self.get):
             while not client.wait_for_service(timeout_sec=0.5):
@@ -29,8 +32,19 @@ class LifecycleClient:
         self.peer.spin_for(1.0)
 
     def state(self) -> str:
-        return self.peer.call(self.get, GetState.Request()).current_state.label
+        return self._call(self.get, GetState.Request(), 30.0).current_state.label
 
     def transition(self, transition_id: int, timeout: float = 120.0) -> bool:
         request = ChangeState.Request(transition=Transition(id=transition_id))
-        return self.peer.call(self.change, request, timeout).success
+        return self._call(self.change, request, timeout).success
+
+    def _call(self, client: Any, request: Any, timeout: float) -> Any:
+        try:
+            return self.peer.call(client, request, timeout)
+        except AssertionError as error:
+            if self.node is None:
+                raise
+            alive = "running" if self.node.process.poll() is None else (
+                f"exited with {self.node.process.returncode}")
+            raise AssertionError(f"{error}; the node is {alive}; its log:\n"
+                                 f"{self.node.output()}") from None
