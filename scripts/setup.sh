@@ -4,7 +4,8 @@
 #   2. the wheels' CMake exports pointed at this interpreter (they name the wheel builder's paths);
 #   3. this package built with its CMakeLists.txt exactly as `colcon build` builds it (same file,
 #      no extra options), installed into the venv, keeping the generated msg/srv from it;
-#   4. this package installed in editable mode (the `fcclip-ros` command).
+#   4. this package installed in editable mode (the `fcclip-ros` command);
+#   5. the npm packages of test/foxglove (Foxglove's MCAP and ROS 2 readers, for the tests).
 # Each step is skipped while its inputs are unchanged, so a second run takes a second or two.
 set -euo pipefail
 
@@ -95,5 +96,14 @@ install_package() {
 }
 # After every interface build: that install put a plain copy of `fcclip-ros` in the venv's bin/.
 stamped package "setup.py CMakeLists.txt package.xml msg/*.msg srv/*.srv" install_package
+
+install_foxglove_readers() {
+  say "installing Foxglove's MCAP and ROS 2 readers for the tests (npm ci in test/foxglove)"
+  command -v npm >/dev/null || { say "npm not found: install Node.js 20 or later"; exit 1; }
+  (cd "$root/test/foxglove" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+}
+# Also after node_modules was deleted (git clean -X) with the lock file unchanged.
+[[ -d test/foxglove/node_modules ]] || rm -f "$stamps/foxglove"
+stamped foxglove "test/foxglove/package-lock.json" install_foxglove_readers
 
 say "ready: $venv"

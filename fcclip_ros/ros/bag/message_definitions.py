@@ -1,7 +1,10 @@
 """The `ros2msg` text of a message type with everything it refers to, as MCAP schemas carry it.
 
-rosbag2, Foxglove and mcap-ros2-support decode a recorded topic from this text alone: the type's
-own `.msg` file followed by each type it uses, once, after a line of `=` and `MSG: pkg/msg/Type`.
+Written the way rosbag2 writes it (rosbag2_cpp's LocalMessageDefinitionSource), which Foxglove
+and mcap-ros2-support read: the type's own `.msg` file as installed (comments included), then
+each type it uses, once, depth first: a line of 80 `=`, a line `MSG: pkg/Type` naming it as a
+field does (no `/msg/`: Foxglove's parser looks field types up by exactly that name), and its
+`.msg` file. The types a file uses follow it in name order, each before its own dependencies.
 The `.msg` files come from the installed interfaces (`share/<package>/msg/`), ours included.
 """
 
@@ -44,36 +47,35 @@ def _msg_file(package: str, name: str) -> Path:
 
 
 def _referenced_types(text: str, package: str) -> list[str]:
-    """The non-builtin types a .msg text uses, as "pkg/msg/Type", in order of first use."""
-    found: list[str] = []
+    """The non-builtin types a .msg text uses, as "pkg/Type" (a bare "Type" is in `package`),
+    sorted by name as rosbag2 lists them."""
+    found: set[str] = set()
     for line in text.splitlines():
         match = _FIELD_TYPE.match(line.split("#", 1)[0])
         if match is None or match.group(1) in BUILTIN_TYPES:
             continue
         parts = match.group(1).split("/")
-        full = f"{parts[0]}/msg/{parts[-1]}" if len(parts) > 1 else f"{package}/msg/{parts[0]}"
-        if full not in found:
-            found.append(full)
-    return found
+        found.add(f"{parts[0]}/{parts[-1]}" if len(parts) > 1 else f"{package}/{parts[0]}")
+    return sorted(found)
 
 
 def message_definition(type_name: str) -> str:
-    """The complete ros2msg definition of "pkg/msg/Type" (dependencies depth first, once each)."""
+    """The complete ros2msg definition of "pkg/msg/Type", as rosbag2 writes it: the type's
+    .msg file, then each dependency after a separator and `MSG: pkg/Type` (depth first, once
+    each, a file's dependencies in name order)."""
     package, _, name = type_name.split("/")
-    root = _msg_file(package, name).read_text()
-    sections: list[str] = [root.rstrip("\n")]
-    seen = {type_name}
-    pending = _referenced_types(root, package)
-    while pending:
-        dependency = pending.pop(0)
-        if dependency in seen:
-            continue
-        seen.add(dependency)
-        dep_package, _, dep_name = dependency.split("/")
-        text = _msg_file(dep_package, dep_name).read_text()
-        sections.append(f"{SEPARATOR}\nMSG: {dependency}\n{text.rstrip(chr(10))}")
-        pending = _referenced_types(text, dep_package) + pending
-    return "\n".join(sections) + "\n"
+    seen = {f"{package}/{name}"}
+
+    def with_dependencies(package: str, name: str) -> str:
+        text = _msg_file(package, name).read_text()
+        for dependency in _referenced_types(text, package):
+            if dependency not in seen:
+                seen.add(dependency)
+                text += f"\n{SEPARATOR}\nMSG: {dependency}\n" + with_dependencies(
+                    *dependency.split("/"))
+        return text
+
+    return with_dependencies(package, name)
 
 
 def message_type_name(message_class: type) -> str:
