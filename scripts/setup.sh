@@ -5,7 +5,7 @@
 #   3. this package built with its CMakeLists.txt exactly as `colcon build` builds it (same file,
 #      no extra options), installed into the venv, keeping the generated msg/srv from it;
 #   4. this package installed in editable mode (the `fcclip-ros` command);
-#   5. the npm packages of test/foxglove (Foxglove's MCAP and ROS 2 readers, for the tests).
+#   5. the npm packages of test/helpers/foxglove (Foxglove's MCAP and ROS 2 readers, for the tests).
 # Each step is skipped while its inputs are unchanged, so a second run takes a second or two.
 set -euo pipefail
 
@@ -98,12 +98,12 @@ install_package() {
 stamped package "setup.py CMakeLists.txt package.xml msg/*.msg srv/*.srv" install_package
 
 install_foxglove_readers() {
-  say "installing Foxglove's MCAP and ROS 2 readers for the tests (npm ci in test/foxglove)"
+  say "installing Foxglove's MCAP and ROS 2 readers for the tests (npm ci in test/helpers/foxglove)"
   command -v npm >/dev/null || { say "npm not found: install Node.js 20 or later"; exit 1; }
-  (cd "$root/test/foxglove" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  (cd "$root/test/helpers/foxglove" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
 }
 # Also after node_modules was deleted (git clean -X) with the lock file unchanged.
-[[ -d test/foxglove/node_modules ]] || rm -f "$stamps/foxglove"
-stamped foxglove "test/foxglove/package-lock.json" install_foxglove_readers
+[[ -d test/helpers/foxglove/node_modules ]] || rm -f "$stamps/foxglove"
+stamped foxglove "test/helpers/foxglove/package-lock.json" install_foxglove_readers
 
 say "ready: $venv"

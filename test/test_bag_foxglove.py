@@ -1,7 +1,7 @@
 """The output of `fcclip-ros bag`, every output topic of it, read by Foxglove's own libraries:
 @mcap/core and @mcap/support to read the MCAP, @foxglove/rosmsg to parse each schema and
-@foxglove/rosmsg2-serialization to decode each message (test/foxglove/decode.mjs, installed by
-`make setup`)."""
+@foxglove/rosmsg2-serialization to decode each message (test/helpers/foxglove/decode.mjs,
+installed by `make setup`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import skimage.data
-from helpers.paths import TEST_DIR
+from helpers.paths import HELPERS_DIR
 from mcap.reader import make_reader
 from mcap_ros2.decoder import DecoderFactory
 from mcap_ros2.writer import Writer as Ros2Writer
@@ -24,7 +24,7 @@ from fcclip_ros import cli
 from fcclip_ros.outputs import FRAME_OUTPUTS, OUTPUTS_BY_NAME, available
 from fcclip_ros.ros.bag.message_definitions import message_definition
 
-FOXGLOVE_DIR = TEST_DIR / "foxglove"
+FOXGLOVE_DIR = HELPERS_DIR / "foxglove"
 DECODE = FOXGLOVE_DIR / "decode.mjs"
 NODE_PACKAGES = ("@mcap/core", "@mcap/support", "@foxglove/rosmsg",
                  "@foxglove/rosmsg2-serialization")
