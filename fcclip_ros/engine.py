@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from fcclip_ros.backends import (
 from fcclip_ros.cache import default_cache_dir
 from fcclip_ros.export import ExportError, weights_fingerprint
 from fcclip_ros.image_conversion import check_pixel_count
-from fcclip_ros.model.build import BuildError, build_fcclip
+from fcclip_ros.model.build import RANDOM, BuildError, build_fcclip, checkpoint_file, clip_file
 from fcclip_ros.model.classification import TextClassifier
 from fcclip_ros.model.config import CUSTOM_CLIP_ARCHITECTURES, VARIANTS, FCCLIPConfig
 from fcclip_ros.postprocess import (
@@ -144,6 +145,33 @@ def ieee_fp32() -> Iterator[None]:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
+def resolved_settings(config: EngineConfig) -> dict[str, Any]:
+    """The settings that decide an engine's results, with each "auto" resolved: the device, the
+    precision, and the weight files (path and size). What a bag's --resume compares, checked
+    without building the model; EngineError when one cannot be resolved."""
+    variant = _check_config(config)
+    device = _device(config)
+    dtype = resolve_precision(config.precision, device)
+    try:
+        files = {"weights": checkpoint_file(variant, config.weights, config.cache_dir),
+                 "clip_weights": clip_file(variant, config.clip_weights)}
+    except BuildError as error:
+        raise EngineError(str(error)) from error
+    settings = {name: list(value) if isinstance(value, tuple) else value
+                for name, value in asdict(config).items() if name != "cache_dir"}
+    settings["device"] = str(device)
+    settings["precision"] = {None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype]
+    for name, path in files.items():
+        settings[name] = RANDOM if path is None else f"{Path(path).resolve()} " \
+            f"({os.path.getsize(path)} bytes)"
+    return settings
+
+
+def _device(config: EngineConfig) -> torch.device:
+    """OpenVINO runs on the CPU whatever `device` says."""
+    return resolve_device("cpu" if config.backend == "openvino" else config.device)
+
+
 def _check_config(config: EngineConfig) -> FCCLIPConfig:
     if config.model not in VARIANTS:
         raise EngineError(f"model {config.model!r}: use one of {', '.join(VARIANTS)}")
@@ -201,7 +229,7 @@ class Engine:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         variant = _check_config(config)
-        self.device = resolve_device("cpu" if config.backend == "openvino" else config.device)
+        self.device = _device(config)
         self.autocast_dtype = resolve_precision(config.precision, self.device)
         self.mode = config.mode
         self._thresholds = (config.object_mask_threshold, config.overlap_threshold)

@@ -86,19 +86,20 @@ def build_fcclip(
     if variant not in VARIANTS:
         raise BuildError(f"model {variant!r}: use one of {', '.join(VARIANTS)}")
     config = VARIANTS[variant]
-    checkpoint = _checkpoint_file(config, weights, cache_dir)
-    clip_file = _clip_file(config, clip_weights)
+    checkpoint = checkpoint_file(config, weights, cache_dir)
+    clip_path = clip_file(config, clip_weights)
     clip_model = create_clip_model(config, seed=seed)
-    if clip_file is not None:
-        _load_clip_weights(clip_model, clip_file, config)
+    if clip_path is not None:
+        _load_clip_weights(clip_model, clip_path, config)
     model = FCCLIP(config, clip_model, seed=seed)
     report = None if checkpoint is None else load_fcclip_weights(model, checkpoint)
     random_weights = checkpoint is None or clip_weights == RANDOM
     return BuiltModel(model.to(device).eval(), report, random_weights)
 
 
-def _checkpoint_file(config: FCCLIPConfig, weights: str, cache_dir: str | Path | None
-                     ) -> Path | None:
+def checkpoint_file(config: FCCLIPConfig, weights: str, cache_dir: str | Path | None
+                    ) -> Path | None:
+    """The FC-CLIP checkpoint that `weights` names; None for random weights."""
     if weights == RANDOM:
         return None
     if weights == AUTO:
@@ -119,7 +120,7 @@ def _checkpoint_file(config: FCCLIPConfig, weights: str, cache_dir: str | Path |
     return path
 
 
-def _clip_file(config: FCCLIPConfig, clip_weights: str) -> str | None:
+def clip_file(config: FCCLIPConfig, clip_weights: str) -> str | None:
     """The CLIP weight file to load; None for random weights."""
     if clip_weights == RANDOM or (clip_weights == AUTO and config.clip_pretrained is None):
         return None
