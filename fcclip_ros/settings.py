@@ -166,7 +166,7 @@ SETTINGS: tuple[Setting, ...] = (
         "max_batch_size", int, 4,
         _text("On CUDA, up to this many frames (of cameras with a waiting frame) share one",
               "forward pass; on the CPU frames go one at a time (batching gains nothing there and",
-              "delays the first camera)."),
+              "delays the first camera) unless `bag --batch-size` is given."),
         value_range=(1, 16), flag="--batch-size", commands=("bag",),
     ),
     Setting(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import re
+import resource
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
-from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -66,7 +69,8 @@ def _header(log_time: int) -> dict:
 
 
 def write_recording(path: Path, raw_frames: int, compressed_frames: int,
-                    broken_raw_frame: int | None = None, images: bool = True) -> None:
+                    broken_raw_frame: int | None = None, images: bool = True,
+                    chatter_topic: str = "/chatter") -> None:
     """A recording as a robot makes it: a raw camera at 10 Hz, a compressed one at 5 Hz and a
     chatter topic at 20 Hz, interleaved in log-time order."""
     photos = _photos()
@@ -81,7 +85,7 @@ def write_recording(path: Path, raw_frames: int, compressed_frames: int,
                        for i in range(compressed_frames)]
         for log_time, kind, i in sorted(events):
             if kind == "chatter":
-                writer.write_message("/chatter", schemas["std_msgs/msg/String"],
+                writer.write_message(chatter_topic, schemas["std_msgs/msg/String"],
                                      {"data": f"hello {i}"}, log_time, log_time)
             elif kind == "raw":
                 pixels = photos[i % len(photos)]
@@ -209,8 +213,9 @@ def test_bag_latches_the_vocabulary_per_camera_and_describes_itself_to_rosbag2(r
         assert reader.get_header().profile == "ros2"
         summary = reader.get_summary()
     channels = {channel.topic: channel for channel in summary.channels.values()}
-    assert "durability: 1" in channels["/front/segmentation/vocabulary"].metadata[
-        "offered_qos_profiles"]
+    (qos,) = yaml.safe_load(channels["/front/segmentation/vocabulary"].metadata[
+        "offered_qos_profiles"])
+    assert (qos["reliability"], qos["durability"]) == ("reliable", "transient_local")
     assert all(summary.schemas[c.schema_id].encoding == "ros2msg" for c in channels.values())
     # A chunk per checkpoint (after the vocabulary and after each of the 6 frames) and one of
     # the messages after the last frame; not one per message of the chatter at 20 Hz.
@@ -228,17 +233,25 @@ def test_bag_latches_the_vocabulary_per_camera_and_describes_itself_to_rosbag2(r
 
 def test_bag_reads_a_rosbag2_folder_and_segments_every_nth_frame_of_the_chosen_topic(
         recorded, tmp_path):
-    _, out, cache = recorded
-    code = cli.main(["bag", str(out), "--out", str(tmp_path / "again"), *ENGINE_ARGS,
+    recording, out, cache = recorded
+    folder = tmp_path / "drive"  # a recorder's folder whose metadata.yaml was lost
+    folder.mkdir()
+    shutil.copy(recording, folder / "drive_0.mcap")
+    code = cli.main(["bag", str(folder), "--out", str(tmp_path / "again"), *ENGINE_ARGS,
                      "--cache-dir", str(cache), "--topics", "/front/image", "--every", "2",
                      "--outputs", "labels"])
     assert code == 0
     result_path = tmp_path / "again" / "again_0.mcap"
     frame_times = [m.log_time for m in decoded(result_path, "/front/image")]
     label_times = [m.log_time for m in decoded(result_path, "/front/segmentation/labels")]
-    # the input's own labels are copied as they were; new ones follow every second frame
-    assert Counter(label_times) == Counter(frame_times + frame_times[::2])
-    assert len(decoded(result_path, "/rear/segmentation/labels")) == 2  # copied, not redone
+    assert label_times == frame_times[::2]
+    assert decoded(result_path, "/rear/segmentation/labels") == []  # not chosen
+
+    # An earlier run's output holds this camera's outputs already: refused, not doubled.
+    again = run_bag(str(out), "--out", str(tmp_path / "twice"), *ENGINE_ARGS,
+                    "--topics", "/front/image")
+    assert again.returncode == 2
+    assert "already has a topic /front/segmentation/labels" in again.stderr
 
 
 def test_bag_counts_undecodable_frames_and_goes_on(tmp_path, capsys):
@@ -265,6 +278,9 @@ def test_bag_counts_undecodable_frames_and_goes_on(tmp_path, capsys):
     ("not_an_image", "/chatter is std_msgs/msg/String, not an image topic"),
     ("exists", "exists: remove it, or continue an interrupted run with --resume"),
     ("resume_nothing", "--resume: "),
+    ("output_topic_taken", "the input already has a topic /front/segmentation/segments "
+                           "(std_msgs/msg/String), where this command writes "
+                           "fcclip_ros/msg/SegmentArray"),
 ])
 def test_bag_refuses_unusable_input_with_one_clear_line(tmp_path, capsys, case, message):
     recording = tmp_path / "in.mcap"
@@ -283,6 +299,9 @@ def test_bag_refuses_unusable_input_with_one_clear_line(tmp_path, capsys, case, 
         out.mkdir()
     elif case == "resume_nothing":
         extra = ["--resume"]
+    elif case == "output_topic_taken":
+        write_recording(recording, raw_frames=2, compressed_frames=1,
+                        chatter_topic="/front/segmentation/segments")
     started = time.monotonic()
     code = cli.main(["bag", str(recording), "--out", str(out), *ENGINE_ARGS, *extra])
     err = capsys.readouterr().err
@@ -290,6 +309,7 @@ def test_bag_refuses_unusable_input_with_one_clear_line(tmp_path, capsys, case, 
     assert message in err
     assert "Traceback" not in err
     assert time.monotonic() - started < 5, "refused before loading any model"
+    assert case in ("exists", "resume_nothing") or not out.exists(), "nothing written"
 
 
 class _StderrWatcher:
@@ -328,6 +348,7 @@ def test_interrupted_bag_is_readable_and_resume_completes_it_identically(tmp_pat
     assert process.wait(timeout=60) == 130, watcher.text
     assert "Continue with the same command and --resume" in watcher.text
     cut = tmp_path / "cut" / "cut_0.mcap"
+    assert not (tmp_path / "cut" / "metadata.yaml").exists()  # only a finished run writes it
     partial = raw_messages(cut)  # readable: the summary was written
     frames_done = [m for m in partial if m[0] in ("/front/image", "/rear/image/compressed")]
     assert 1 <= len(frames_done) < 15
@@ -345,33 +366,95 @@ def test_interrupted_bag_is_readable_and_resume_completes_it_identically(tmp_pat
     assert again.returncode == 2 and "already complete" in again.stderr
 
 
-def test_a_killed_bag_run_is_recovered_by_resume_and_completed_identically(tmp_path):
-    """SIGKILL (or the OOM killer) leaves no summary: --resume rebuilds a finished file up to
-    the last checkpoint and goes on, losing at most the frame in flight."""
+def _long_recording(tmp_path: Path) -> tuple[list[str], list[tuple[str, int, int, bytes]]]:
+    """(the bag command's arguments without --out, the messages of an uninterrupted run)."""
     recording = tmp_path / "long.mcap"
     write_recording(recording, raw_frames=10, compressed_frames=5)
     args = [str(recording), *ENGINE_ARGS, "--cache-dir", str(tmp_path), "--short-side", "240"]
     whole = run_bag(*args, "--out", str(tmp_path / "whole"))
     assert whole.returncode == 0, whole.stderr
-    expected = raw_messages(tmp_path / "whole" / "whole_0.mcap")
+    return args, raw_messages(tmp_path / "whole" / "whole_0.mcap")
 
-    process = subprocess.Popen([*FCCLIP_ROS, "bag", *args, "--out", str(tmp_path / "cut")],
-                               stderr=subprocess.PIPE, stdout=subprocess.PIPE)
+
+def _kill_after_frames(args: list[str], pattern: str) -> str:
+    """Runs the bag command, SIGKILLs it once its progress bar matches `pattern`; its stderr."""
+    process = subprocess.Popen([*FCCLIP_ROS, "bag", *args], stderr=subprocess.PIPE,
+                               stdout=subprocess.PIPE)
     watcher = _StderrWatcher(process)
-    assert watcher.wait_for(r"\b[3-9]/15\b", timeout=120), watcher.text
+    assert watcher.wait_for(pattern, timeout=120), watcher.text
     process.kill()
     assert process.wait(timeout=60) == -signal.SIGKILL
+    return watcher.text
+
+
+def test_a_killed_bag_run_and_a_killed_resumed_run_are_recovered_and_completed_identically(
+        tmp_path):
+    """SIGKILL (or the OOM killer) leaves no summary: --resume rebuilds a finished file up to
+    the last checkpoint and goes on, losing at most the frame in flight; killed again while
+    resuming, the next --resume keeps what the resumed run added too."""
+    args, expected = _long_recording(tmp_path)
     folder = tmp_path / "cut"
+    _kill_after_frames([*args, "--out", str(folder)], r"\b[3-9]/15\b")
     assert sorted(path.name for path in folder.iterdir()) == [
         "cut_0.mcap.partial", "cut_0.mcap.progress"]  # no finished file, no metadata.yaml
 
+    stderr = _kill_after_frames([*args, "--out", str(folder), "--resume"], r"\b1[0-4]/15\b")
+    first = int(re.search(r"recovered (\d+) messages that a stopped run wrote", stderr)[1])
+    first_outputs = next(i for i, m in enumerate(expected) if m[0] == "/front/segmentation/labels")
+    assert first_outputs < first < len(expected)  # whole frames were kept, not redone
+    assert "metadata.yaml" not in {path.name for path in folder.iterdir()}
+
     resumed = run_bag(*args, "--out", str(folder), "--resume")
     assert resumed.returncode == 0, resumed.stderr
-    kept = int(re.search(r"recovered (\d+) messages that a killed run wrote", resumed.stderr)[1])
-    first_outputs = next(i for i, m in enumerate(expected) if m[0] == "/front/segmentation/labels")
-    assert first_outputs < kept < len(expected)  # whole frames were kept, not redone
+    second = int(re.search(r"recovered (\d+) messages", resumed.stderr)[1])
+    assert first < second < len(expected)  # what the killed resumed run added was kept
     assert raw_messages(folder / "cut_0.mcap") == expected
     assert sorted(path.name for path in folder.iterdir()) == ["cut_0.mcap", "metadata.yaml"]
+
+
+def _limit_file_size(limit: int) -> Callable[[], None]:
+    def limit_in_child() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past it fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_in_child
+
+
+def test_a_run_that_fails_part_way_is_never_complete_and_resume_finishes_it_identically(
+        tmp_path):
+    """A write error part-way (here: a file-size limit, as a full disk would) ends the run with
+    one line and exit 2, leaves no finished-looking bag, and --resume then completes it."""
+    args, expected = _long_recording(tmp_path)
+    folder = tmp_path / "failed"
+    limit = (tmp_path / "whole" / "whole_0.mcap").stat().st_size // 2
+    failed = subprocess.run([*FCCLIP_ROS, "bag", *args, "--out", str(folder)],
+                            capture_output=True, text=True, timeout=300,
+                            preexec_fn=_limit_file_size(limit))
+    assert failed.returncode == 2, failed.stderr
+    assert "Traceback" not in failed.stderr
+    last_line = failed.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("fcclip-ros bag: OSError") and "File too large" in last_line
+    assert "run the same command with --resume" in last_line
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "failed_0.mcap.partial", "failed_0.mcap.progress"]
+
+    resumed = run_bag(*args, "--out", str(folder), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert int(re.search(r"recovered (\d+) messages", resumed.stderr)[1]) > 0
+    assert raw_messages(folder / "failed_0.mcap") == expected
+    assert sorted(path.name for path in folder.iterdir()) == ["failed_0.mcap", "metadata.yaml"]
+
+
+def test_resume_with_other_settings_is_refused_naming_the_difference(tmp_path):
+    recording = tmp_path / "in.mcap"
+    write_recording(recording, raw_frames=3, compressed_frames=0)
+    out = tmp_path / "out"
+    folder_args = [str(recording), "--out", str(out), *ENGINE_ARGS, "--cache-dir", str(tmp_path)]
+    _kill_after_frames([*folder_args, "--batch-size", "1"], r"\b[1-3]/3\b")
+    resumed = run_bag(*folder_args, "--batch-size", "2", "--every", "2", "--resume")
+    assert resumed.returncode == 2
+    line = resumed.stderr.strip().splitlines()[-1]
+    assert "made with other settings" in line
+    assert "batch_size: 1 then, 2 now" in line and "every: 1 then, 2 now" in line
 
 
 @pytest.mark.parametrize("damage, kept", [("none", 30), ("chunk cut short", 17),
@@ -393,8 +476,8 @@ def test_recovery_keeps_what_a_killed_run_wrote_up_to_its_last_whole_checkpoint(
     folder = tmp_path / "killed"
     bag = OutputBag(folder, {"input": "fingerprint", "options": "settings"})
     for channel in summary.channels.values():
-        schema = summary.schemas[channel.schema_id]
-        bag.add_topic(channel.topic, schema.name, schema.data, dict(channel.metadata))
+        bag.add_topic(channel.topic, summary.schemas[channel.schema_id],
+                      channel.message_encoding, dict(channel.metadata))
     partial, log = folder / "killed_0.mcap.partial", folder / "killed_0.mcap.progress"
     sizes = {}
     for index, (topic, log_time, publish_time, data) in enumerate(messages, start=1):
@@ -402,15 +485,14 @@ def test_recovery_keeps_what_a_killed_run_wrote_up_to_its_last_whole_checkpoint(
         if index in (5, 17, 30) and damage != "no checkpoint":
             bag.checkpoint({"messages_done": str(index)})
             sizes[index] = partial.stat().st_size
-    bag._stream.close()  # the process dies here: what it had not flushed is lost
-    bag._log.close()
+    bag.abandon()  # the process dies here: what the writer had not flushed is lost
     if damage == "chunk cut short":
         partial.write_bytes(partial.read_bytes()[: (sizes[17] + sizes[30]) // 2])
     elif damage == "log line cut short":
         log.write_text(log.read_text()[:-10])
 
     if kept is None:
-        with pytest.raises(BagError, match="killed before it wrote anything usable"):
+        with pytest.raises(BagError, match="stopped before it wrote anything usable"):
             recover_killed_run(folder)
         return
     assert recover_killed_run(folder) == kept
@@ -625,3 +707,111 @@ def test_output_bag_writes_messages_rclpy_reads_back_equal_fixed_size_arrays_inc
     assert deserialize_message(data, PoseWithCovarianceStamped) == msg
     assert list(decoded(path, "/pose")[0].msg.pose.covariance) == list(range(36))
     assert read_progress(path) == {"complete": "true"}
+
+
+def test_every_input_channel_and_message_is_copied_byte_for_byte_with_its_own_encodings(
+        tmp_path):
+    """A recording as rosbag2 records it, with what a relabelling writer would break: IDL and
+    unknown schemas, JSON, protobuf, a schemaless channel, metadata records and an attachment."""
+    from helpers.recorded_bag import image_topic, odd_topics, write_recorded_bag
+
+    described = {"version": 9, "storage_identifier": "mcap", "ros_distro": "jazzy"}
+    recording = write_recorded_bag(
+        tmp_path / "recorded" / "recorded_0.mcap",
+        [image_topic("/front/image", _photos()[:3], START_NS, 100_000_000),
+         *odd_topics(START_NS, 50_000_000, 6)],
+        metadata=[("rosbag2", {"serialized_metadata": yaml.safe_dump(described)}),
+                  ("site", {"robot": "r2", "operator": "ana"})],
+        attachments=[("calibration.yaml", b"fx: 500\n")])
+    out = tmp_path / "out"
+    result = run_bag(str(recording), "--out", str(out), *ENGINE_ARGS, "--cache-dir",
+                     str(tmp_path), "--outputs", "labels", "segments")
+    assert result.returncode == 0, result.stderr
+
+    def contents(path: Path) -> tuple[dict, list, list, list]:
+        with path.open("rb") as stream:
+            reader = make_reader(stream)
+            summary = reader.get_summary()
+            channels = {
+                channel.topic: (
+                    None if channel.schema_id == 0 else (
+                        summary.schemas[channel.schema_id].name,
+                        summary.schemas[channel.schema_id].encoding,
+                        summary.schemas[channel.schema_id].data),
+                    channel.message_encoding, dict(channel.metadata))
+                for channel in summary.channels.values()}
+            messages = [(channel.topic, message.log_time, message.publish_time,
+                         message.sequence, message.data)
+                        for _, channel, message in reader.iter_messages(log_time_order=False)]
+            records = [(record.name, dict(record.metadata)) for record in reader.iter_metadata()]
+            attachments = [(a.name, a.media_type, a.data) for a in reader.iter_attachments()]
+        return channels, messages, records, attachments
+
+    in_channels, in_messages, _, in_attachments = contents(recording)
+    out_channels, out_messages, out_records, out_attachments = contents(out / "out_0.mcap")
+    assert {topic: out_channels[topic] for topic in in_channels} == in_channels
+    assert out_channels["/schemaless"][0] is None  # still schema id 0
+    assert [m for m in out_messages if m[0] in in_channels] == in_messages
+    assert out_attachments == in_attachments
+    records = dict(out_records)
+    assert records["site"] == {"robot": "r2", "operator": "ana"}
+    # rosbag2's description is the output's own, naming the distribution that recorded it
+    assert yaml.safe_load(records["rosbag2"]["serialized_metadata"])["ros_distro"] == "jazzy"
+
+    info = yaml.safe_load((out / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    assert (info["version"], info["ros_distro"]) == (9, "jazzy")
+    topics = {t["topic_metadata"]["name"]: t for t in info["topics_with_message_count"]}
+    assert sum(t["message_count"] for t in topics.values()) == len(out_messages)
+    assert topics["/json/point"]["topic_metadata"]["serialization_format"] == "json"
+    segments = topics["/front/segmentation/segments"]["topic_metadata"]
+    assert re.fullmatch(r"RIHS01_[0-9a-f]{64}", segments["type_description_hash"])
+    assert segments["offered_qos_profiles"][0]["reliability"] == "reliable"
+    vocabulary = topics["/front/segmentation/vocabulary"]["topic_metadata"]
+    assert vocabulary["offered_qos_profiles"][0]["durability"] == "transient_local"
+
+
+def test_explicit_batch_size_is_honoured_on_the_cpu_and_reported(recorded, tmp_path):
+    recording, _, cache = recorded
+    result = run_bag(str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
+                     "--cache-dir", str(cache), "--outputs", "segments", "--batch-size", "3")
+    assert result.returncode == 0, result.stderr
+    assert "6 of 6 frames segmented, 0 not segmented, batch size 3" in result.stdout
+    default = run_bag(str(recording), "--out", str(tmp_path / "default"), *ENGINE_ARGS,
+                      "--cache-dir", str(cache), "--outputs", "segments")
+    assert "batch size 1" in default.stdout  # on the CPU, unless asked
+
+
+def _peak_rss_mb(command: list[str], log: Path) -> float:
+    """The peak resident memory of one run of `command` (its own, from wait4)."""
+    with log.open("w") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
+        _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    assert process.returncode == 0, log.read_text()[-3000:]
+    return usage.ru_maxrss / 1024
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "unchunked"])
+def test_memory_stays_bounded_when_the_cameras_stop_and_other_data_goes_on(tmp_path, chunked):
+    """Two frames, then 30 s of a 10 Hz lidar-sized topic, --batch-size 4: the frames wait for a
+    batch that never fills. Tenfold lidar data (30 MB, then 300 MB) may cost the buffer's stated
+    bound, not the data (the rest of the bag was held before)."""
+    from helpers.recorded_bag import RecordedTopic, image_topic, write_recorded_bag
+
+    from fcclip_ros.ros.bag.job import BUFFER_MAX_BYTES
+
+    peaks = []
+    for kilobytes in (100, 1000):
+        payload = bytes(range(256)) * (kilobytes * 4)
+        lidar = RecordedTopic("/lidar/packets", "vendor_msgs/msg/Packets", "unknown", b"", "cdr",
+                              [(START_NS + i * 100_000_000 + 1, payload) for i in range(300)])
+        path = write_recorded_bag(
+            tmp_path / f"lidar_{kilobytes}.mcap",
+            [image_topic("/front/image", _photos()[:2], START_NS, 100_000_000), lidar],
+            use_chunking=chunked)
+        peaks.append(_peak_rss_mb([*FCCLIP_ROS, "bag", str(path), "--out",
+                                   str(tmp_path / f"out_{kilobytes}"), *ENGINE_ARGS,
+                                   "--cache-dir", str(tmp_path), "--outputs", "segments",
+                                   "--batch-size", "4"], tmp_path / f"{kilobytes}.log"))
+        path.unlink()
+    assert peaks[1] - peaks[0] < BUFFER_MAX_BYTES / 2**20 + 40, peaks

@@ -139,7 +139,10 @@ def test_command_flags_take_the_tables_defaults_and_choices(command):
     taken = flags(command)
     assert taken
     for setting in taken:
-        assert getattr(args, setting.dest) == setting.default, setting.flag
+        # bag's --batch-size: the table's default on CUDA, 1 on the CPU, a given value anywhere
+        expected = None if (command, setting.flag) == ("bag", "--batch-size") else (
+            setting.default)
+        assert getattr(args, setting.dest) == expected, setting.flag
     actions = {action.option_strings[0]: action for action in _parser(command)._actions
                if action.option_strings}
     for setting in taken:

@@ -28,9 +28,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "OUT/OUT_0.mcap + metadata.yaml with every input message unchanged plus, per camera, "
         "the node's outputs under <camera namespace>/segmentation/ (stamped with each frame's "
         "header, logged at its log time) and the latched vocabulary. Ctrl-C finishes a valid "
-        "bag of the frames done; --resume continues it. Exit status: 0 done, 1 done but some "
-        "frames could not be segmented (copied without outputs), 2 unusable input or "
-        "settings, 130 interrupted.",
+        "bag of the frames done; --resume continues it, also after a failure or a kill. Only a "
+        "finished run writes metadata.yaml. Exit status: 0 done, 1 done but some frames could "
+        "not be segmented (copied without outputs) or damaged input was skipped, 2 unusable "
+        "input or settings, or the run failed (resumable), 130 interrupted.",
     )
     parser.add_argument("input", type=Path, metavar="INPUT",
                         help="an MCAP file, or a rosbag2 folder holding MCAP files")
@@ -47,15 +48,20 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         f"{' '.join(depth_only)}, plus detections (and detections_3d with "
                         "depth) where vision_msgs is importable)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the interrupted run that wrote OUT (same input and "
-                        "settings): the result equals an uninterrupted run's")
+                        help="continue the run that wrote OUT (interrupted, failed or killed; "
+                        "same input and settings): the result equals an uninterrupted run's")
+    parser.add_argument("--skip-damaged", action="store_true",
+                        help="skip the parts of the input that cannot be read (a chunk with a "
+                        "bad CRC or compression), count them per topic and exit 1; without it "
+                        "damage stops the run (exit 2, resumable)")
     add_setting_flags(parser, "bag")
+    # None: one frame at a time on the CPU, the table's default on CUDA; a given value is kept.
+    parser.set_defaults(batch_size=None)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     import signal
-    from dataclasses import asdict
 
     try:
         from tqdm import tqdm
@@ -67,19 +73,22 @@ def run(args: argparse.Namespace) -> int:
         print(f"fcclip-ros bag needs the {error.name} package: pip install mcap "
               "mcap-ros2-support tqdm", file=sys.stderr)
         return 2
-    from fcclip_ros.engine import Engine, EngineError, resolve_device
+    from fcclip_ros.engine import Engine, EngineError, resolved_settings
+    from fcclip_ros.settings import default
 
     config = engine_config(args, "bag")
     try:
-        on_cuda = resolve_device(config.device).type == "cuda"
+        settings = resolved_settings(config)
+        batch_size = args.batch_size or (
+            default("max_batch_size") if settings["device"].startswith("cuda") else 1)
         options = BagOptions(
             topics=tuple(args.topics), every=args.every,
             outputs=tuple(args.outputs or ()),
-            batch_size=args.batch_size if on_cuda else 1, max_input_pixels=args.max_input_pixels,
+            batch_size=batch_size, max_input_pixels=args.max_input_pixels,
             depth_topics=tuple(args.depth_topics),
             camera_info_topics=tuple(args.camera_info_topics),
-            depth_max_delay_s=args.depth_max_delay, points_stride=args.points_stride)
-        settings = {key: value for key, value in asdict(config).items() if key != "cache_dir"}
+            depth_max_delay_s=args.depth_max_delay, points_stride=args.points_stride,
+            skip_damaged=args.skip_damaged)
         job = BagJob(args.input, args.out, options, settings, resume=args.resume)
         engine = Engine(config)
     except (BagError, EngineError) as error:
@@ -102,13 +111,16 @@ def run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     cameras = ", ".join(job.cameras)
+    failure = None
     with tqdm(total=job.report.frames_total, unit="frame", desc=f"segmenting {cameras}",
               file=sys.stderr, dynamic_ncols=True) as bar:
         try:
             report = job.run(engine, on_frame=lambda done: bar.update(done - bar.n))
         except BagError as error:
-            print(f"fcclip-ros bag: {error}", file=sys.stderr)
-            return 2
+            failure = error
+    if failure is not None:  # after the bar's last line: the reason is what the terminal ends on
+        print(f"fcclip-ros bag: {failure}", file=sys.stderr)
+        return 2
     for reason in report.failures:
         print(f"not segmented: {reason}", file=sys.stderr)
     for reason in report.depth_notes:
@@ -116,8 +128,11 @@ def run(args: argparse.Namespace) -> int:
     if report.frames_failed > len(report.failures):
         print(f"... {report.frames_failed - len(report.failures)} more frames not segmented",
               file=sys.stderr)
+    for topic, lost in sorted(report.damaged.items()):
+        print(f"damaged input skipped: {lost} messages of {topic}", file=sys.stderr)
     summary = (f"{args.out}: {report.frames_done - report.frames_failed} of "
-               f"{report.frames_total} frames segmented, {report.frames_failed} not segmented")
+               f"{report.frames_total} frames segmented, {report.frames_failed} not segmented, "
+               f"batch size {report.batch_size}")
     if job.depth:
         summary += (f"; 3D for {report.frames_3d}, no depth in time for "
                     f"{report.frames_without_depth}, depth refused for "
@@ -126,5 +141,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{summary}; interrupted: the bag holds the input up to the last whole frame. "
               "Continue with the same command and --resume", file=sys.stderr)
         return 130
+    if report.damaged:
+        summary += f"; {sum(report.damaged.values())} damaged input messages skipped"
     print(summary)
-    return 1 if report.frames_failed else 0
+    return 1 if report.frames_failed or report.damaged else 0

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import yaml
 from mcap.exceptions import McapError
 from mcap.reader import make_reader
 from mcap.records import Message
@@ -43,8 +45,15 @@ from fcclip_ros.overlay import OverlayStyle
 from fcclip_ros.result import Segmentation
 from fcclip_ros.ros.bag.message_definitions import message_type_name
 from fcclip_ros.ros.bag.reader import IMAGE_TYPES, BagError, InputBag, Topic
-from fcclip_ros.ros.bag.resume import read_progress, recover_killed_run
-from fcclip_ros.ros.bag.writer import LATCHED_QOS, OutputBag
+from fcclip_ros.ros.bag.resume import discard_killed_run, read_progress, recover_killed_run
+from fcclip_ros.ros.bag.writer import (
+    LATCHED_QOS,
+    PROGRESS_RECORD,
+    ROSBAG2_RECORD,
+    OutputBag,
+    output_files,
+    write_rosbag2_metadata,
+)
 from fcclip_ros.ros.messages import FRAME_MESSAGES, VOCABULARY_MESSAGES, message_class, vision_msgs
 from fcclip_ros.settings import default
 from fcclip_ros.topics import camera_info_topic, is_rectified_topic, output_namespace
@@ -53,6 +62,11 @@ MAX_REPORTED_FAILURES = 5
 # A recorded colour frame waits for its depth until a depth stamped at or after it is read, or
 # this much log time has passed (recorders log depth and colour in either order).
 RECORDED_DEPTH_WAIT_S = 1.0
+# Messages wait for the frames before them to be segmented (a batch to fill, a depth frame to
+# arrive). Whatever the batch size, they are written once they span this much log time or hold
+# this many bytes (the frames among them count twice: their data and their decoded pixels).
+BUFFER_HORIZON_S = 2.0
+BUFFER_MAX_BYTES = 64 * 2**20
 LATCHED_OUTPUTS = tuple(output.name for output in OUTPUTS if output.latched)
 
 
@@ -67,14 +81,13 @@ class BagOptions:
     camera_info_topics: tuple[str, ...] = ()  # one per entry of `topics`; empty: beside each
     depth_max_delay_s: float = default("depth_max_delay_s")
     points_stride: int = default("points_stride")
+    skip_damaged: bool = False  # skip unreadable chunks of the input (else: stop, resumable)
     style: OverlayStyle = field(default_factory=OverlayStyle)
 
-    def fingerprint(self, outputs: tuple[str, ...], engine_settings: dict[str, Any]) -> str:
+    def settings(self) -> dict[str, Any]:
         """What must match for --resume to continue a file (the style is not recorded)."""
-        settings = {key: value for key, value in asdict(self).items()
-                    if key not in ("style", "batch_size")}
-        return json.dumps({**settings, "outputs": outputs, "engine": engine_settings},
-                          sort_keys=True)
+        return {key: list(value) if isinstance(value, tuple) else value
+                for key, value in asdict(self).items() if key != "style"}
 
 
 @dataclass
@@ -89,6 +102,8 @@ class BagReport:
     messages_done: int = 0  # input messages handled, in reading order
     failures: list[str] = field(default_factory=list)  # the first few reasons
     depth_notes: list[str] = field(default_factory=list)  # the first few reasons for no 3D
+    damaged: dict[str, int] = field(default_factory=dict)  # --skip-damaged: messages lost per topic
+    batch_size: int = 1
     interrupted: bool = False
     COUNTS = ("messages_done", "frames_done", "frames_failed", *ThreeDCounts().as_dict())
 
@@ -133,8 +148,10 @@ class BagJob:
     def __init__(self, source: Path, out: Path, options: BagOptions,
                  engine_settings: dict[str, Any], resume: bool = False) -> None:
         self.options = options
-        self.source = InputBag(source)
+        self.source = InputBag(source, skip_damaged=options.skip_damaged)
+        self.ros_distro = _recorded_ros_distro(self.source)
         self.out = out
+        self._pending_bytes = 0  # of the messages read and not yet written
         self.cameras = self._cameras()
         self.namespaces = self._output_namespaces()
         self.depth = self._depth_topics()
@@ -142,20 +159,25 @@ class BagJob:
         self.outputs = {camera: available(camera in self.depth, vision_msgs is not None,
                                           [*self.outputs_asked, *LATCHED_OUTPUTS])
                         for camera in self.cameras}
-        self._fingerprint = {"input": self.source.fingerprint(),
-                             "options": options.fingerprint(self.outputs_asked, engine_settings)}
+        self._check_output_topics()
+        written = {camera: list(names) for camera, names in self.outputs.items()}
+        self._fingerprint = {"input": self.source.fingerprint(), "options": json.dumps(
+            {**options.settings(), "outputs": written, "engine": engine_settings},
+            sort_keys=True)}
         self.pipelines: dict[str, FramePipeline] = {}  # per camera, made by run()
         self._restored_3d = ThreeDCounts()  # the 3D counts of the run being resumed
         self.recovered = ""  # what was recovered of a killed run, when resuming one
         self._previous = self._check_output(resume)
-        self.report = BagReport(frames_total=self._frames_total())
+        self.report = BagReport(frames_total=self._frames_total(),
+                                batch_size=options.batch_size)
         self._stopped = threading.Event()
         self._engine: Engine | None = None
 
     def _cameras(self) -> list[str]:
         images = self.source.image_topics
         if not images:
-            listed = ", ".join(f"{t.name} ({t.schema.name})" for t in self.source.topics.values())
+            listed = ", ".join(f"{t.name} ({t.type_name or 'no schema'})"
+                               for t in self.source.topics.values())
             raise BagError(f"no sensor_msgs/Image or CompressedImage topic in the bag (it has: "
                            f"{listed or 'no topics'})")
         for name in self.options.topics:
@@ -163,7 +185,7 @@ class BagJob:
                 raise BagError(f"no topic {name} in the bag; its image topics: "
                                f"{', '.join(images)}")
             if name not in images:
-                raise BagError(f"{name} is {self.source.topics[name].schema.name}, not an image "
+                raise BagError(f"{name} is {self.source.topics[name].type_name}, not an image "
                                f"topic; the bag's image topics: {', '.join(images)}")
         cameras = list(self.options.topics) or images
         for name in cameras:
@@ -177,7 +199,7 @@ class BagJob:
         "<image>/compressed" is camera "<image>" with transport compressed."""
         namespaces: dict[str, str] = {}
         for name in self.cameras:
-            compressed = self.source.topics[name].schema.name == message_type_name(CompressedImage)
+            compressed = self.source.topics[name].type_name == message_type_name(CompressedImage)
             image_topic = name.removesuffix("/compressed") if compressed else name
             namespace = output_namespace(image_topic)
             clash = [other for other, used in namespaces.items() if used == namespace]
@@ -210,8 +232,8 @@ class BagJob:
                 if found is None:
                     raise BagError(f"no topic {topic} in the bag (the {message_type_name(wanted)}"
                                    f" of camera {camera})")
-                if found.schema.name != message_type_name(wanted):
-                    raise BagError(f"{topic} is {found.schema.name}, not "
+                if found.type_name != message_type_name(wanted):
+                    raise BagError(f"{topic} is {found.type_name or 'schemaless'}, not "
                                    f"{message_type_name(wanted)}")
             depth[camera] = _CameraDepth(depth_topic, DepthSource(
                 info_topic, is_rectified_topic(camera), options.depth_max_delay_s,
@@ -236,41 +258,65 @@ class BagJob:
             raise BagError(f"cannot write {', '.join(names)}: {reason}")
         return available(with_depth, with_vision, asked)
 
+    def _check_output_topics(self) -> None:
+        """Refused before any work: an output topic the input already has (another type, or
+        an earlier run's outputs: segment the original recording)."""
+        for camera, namespace in self.namespaces.items():
+            for name in self.outputs[camera]:
+                topic = self.source.topics.get(f"{namespace}/{name}")
+                if topic is not None:
+                    raise BagError(f"the input already has a topic {topic.name} ("
+                                   f"{topic.type_name or 'no schema'}), where this command "
+                                   f"writes {message_type_name(message_class(name))}; segment "
+                                   "the original recording, or choose other --topics")
+
     def _frames_total(self) -> int:
         every = self.options.every
         return sum(-(-self.source.message_counts.get(name, 0) // every) for name in self.cameras)
 
     def _check_output(self, resume: bool) -> dict[str, str] | None:
-        """The interrupted run's progress when resuming, after checking it may be continued."""
-        path = self.out / f"{self.out.name}_0.mcap"
+        """The earlier run's progress when resuming, after checking it may be continued.
+
+        What a failed or killed run left (a partial file and its log) is recovered first, also
+        beside the file of an earlier interrupted run: it holds that file's messages and more.
+        """
+        files = output_files(self.out)
         if not resume:
             if self.out.exists():
                 raise BagError(f"{self.out} exists: remove it, or continue an interrupted run "
                                "with --resume")
             return None
-        if not path.is_file():
-            try:
-                kept = recover_killed_run(self.out)
-            except (OSError, McapError, ValueError) as error:
-                raise BagError(f"--resume: cannot recover the killed run in {self.out} "
-                               f"({error})") from error
-            if kept is None:
-                raise BagError(f"--resume: {path} does not exist (nothing to continue)")
-            self.recovered = (f"recovered {kept} messages that a killed run wrote to "
+        try:
+            kept = recover_killed_run(self.out)
+        except BagError:
+            if not files["mcap"].is_file():
+                raise
+            discard_killed_run(self.out)  # it stopped before copying the earlier file
+            kept = None
+        except (OSError, McapError, ValueError) as error:
+            raise BagError(f"--resume: cannot recover the stopped run in {self.out} "
+                           f"({error})") from error
+        if kept is not None:
+            self.recovered = (f"recovered {kept} messages that a stopped run wrote to "
                               f"{self.out}, up to its last whole frame")
+        path = files["mcap"]
+        if not path.is_file():
+            raise BagError(f"--resume: {path} does not exist (nothing to continue)")
         try:
             progress = read_progress(path)
         except (McapError, ValueError, OSError) as error:
             raise BagError(f"--resume: {path} is not readable ({error})") from error
         if progress is None:
             raise BagError(f"--resume: {path} was not written by `fcclip-ros bag`")
-        if progress.get("complete") == "true":
-            raise BagError(f"--resume: {path} is already complete")
         if progress.get("input") != self._fingerprint["input"]:
             raise BagError(f"--resume: {path} was made from another input bag")
         if progress.get("options") != self._fingerprint["options"]:
             raise BagError(f"--resume: {path} was made with other settings: "
-                           f"{progress.get('options')}")
+                           f"{_differences(progress.get('options', '{}'), self._fingerprint)}")
+        if progress.get("complete") == "true":
+            if not files["metadata"].is_file():  # stopped between its last two steps
+                write_rosbag2_metadata(self.out)
+            raise BagError(f"--resume: {path} is already complete")
         return progress
 
     @property
@@ -293,9 +339,10 @@ class BagJob:
                 warn=lambda reason, camera=camera: self.report.note_depth(f"{camera}: {reason}"))
             for camera in self.cameras
         }
-        output = OutputBag(self.out, self._fingerprint)
+        output = OutputBag(self.out, self._fingerprint, self.ros_distro)
         try:
             self._register_topics(output)
+            self._copy_records(output)
             skip = 0
             if self._previous is None:
                 self._write_vocabulary(output, engine)
@@ -304,19 +351,34 @@ class BagJob:
                 on_frame(self.report.frames_done)
             output.checkpoint(self.report.counts())
             self._process(output, engine, skip, on_frame)
-        finally:
+            self.report.damaged = dict(self.source.damaged)
             output.close({**self._fingerprint, **self.report.counts(),
                           "complete": str(not self.report.interrupted).lower()})
+        except Exception as error:
+            output.abandon()
+            reason = str(error) if isinstance(error, BagError) else (
+                f"{type(error).__name__}: {error}")
+            raise BagError(f"{reason}; the work so far is kept: run the same command with "
+                           "--resume to continue") from error
         return self.report
 
     def _register_topics(self, output: OutputBag) -> None:
         for topic in self.source.topics.values():
-            output.add_topic(topic.name, topic.schema.name, topic.schema.data,
+            output.add_topic(topic.name, topic.schema, topic.channel.message_encoding,
                              dict(topic.channel.metadata))
         for camera, namespace in self.namespaces.items():
             for name in self.outputs[camera]:
                 latched = {"qos": LATCHED_QOS} if name in LATCHED_OUTPUTS else {}
                 output.add_output_topic(f"{namespace}/{name}", message_class(name), **latched)
+
+    def _copy_records(self, output: OutputBag) -> None:
+        """The input's metadata records and attachments. rosbag2's own description of the input
+        is replaced by the output's, written when it is finished."""
+        for name, metadata in self.source.metadata_records():
+            if name not in (ROSBAG2_RECORD, PROGRESS_RECORD):
+                output.add_metadata(name, metadata)
+        for attachment in self.source.attachments():
+            output.add_attachment(attachment)
 
     def _write_vocabulary(self, output: OutputBag, engine: Engine) -> None:
         """Once per camera, at the start of the recording: the node latches them the same way."""
@@ -333,8 +395,7 @@ class BagJob:
     def _copy_previous(self, output: OutputBag, progress: dict[str, str]) -> int:
         """Copies the interrupted run's file into the new one; returns how many input messages
         it had handled."""
-        path = self.out / f"{self.out.name}_0.mcap"
-        with path.open("rb") as stream:
+        with output_files(self.out)["mcap"].open("rb") as stream:
             for _schema, channel, message in make_reader(stream).iter_messages(
                     log_time_order=False):
                 output.write(channel.topic, message.data, message.log_time,
@@ -354,6 +415,7 @@ class BagJob:
         depth_of = {d.topic: self.pipelines[c] for c, d in self.depth.items()}
         info_of = {d.source.info_topic: self.pipelines[c] for c, d in self.depth.items()}
         pending: list[_Entry] = []
+        self._pending_bytes = 0
         for index, (topic, message) in enumerate(self.source.messages()):
             selected = False
             if topic.name in frames_seen:
@@ -366,6 +428,7 @@ class BagJob:
                 break
             entry = _Entry(topic, message, selected)
             pending.append(entry)
+            self._pending_bytes += _size(entry)
             if selected:
                 self._read_frame(entry)
             done = self.report.frames_done
@@ -393,7 +456,7 @@ class BagJob:
 
     def _read_frame(self, entry: _Entry) -> None:
         """Deserializes a frame to segment, and with depth enters it for pairing."""
-        message_class = IMAGE_TYPES[entry.topic.schema.name]
+        message_class = IMAGE_TYPES[entry.topic.type_name]
         try:
             entry.msg = deserialize_message(entry.message.data, message_class)
         except (ValueError, RuntimeError):
@@ -401,32 +464,38 @@ class BagJob:
         entry.depth = self.pipelines[entry.topic.name].add_colour(entry.msg.header,
                                                                   entry.message.log_time)
 
-    def _decided(self, entry: _Entry, log_time_now: int, at_end: bool) -> bool:
+    def _decided(self, entry: _Entry, log_time_now: int) -> bool:
         pairing = self.pipelines[entry.topic.name].pairing
-        return (at_end or entry.depth is None
-                or pairing.decided(entry.depth, log_time_now))
+        return entry.depth is None or pairing.decided(entry.depth, log_time_now)
 
     def _write_ready(self, output: OutputBag, engine: Engine, pending: list[_Entry],
                      log_time_now: int, at_end: bool) -> bool:
         """Writes the leading entries that can go: messages before the first frame at once,
-        frames in batches of batch_size once their depth is decided. False: stopped."""
+        frames in batches of batch_size once their depth is decided, and whatever is ready when
+        the buffer is over its bounds (a smaller batch; depth as found so far). False: stopped."""
         while pending:
             frames = [i for i, entry in enumerate(pending) if entry.selected]
             if not frames or frames[0] > 0:
                 cut = frames[0] if frames else len(pending)
             else:
+                flush = at_end or self._over_bounds(pending, log_time_now)
                 ready = []
                 for i in frames[: self.options.batch_size]:
-                    if not self._decided(pending[i], log_time_now, at_end):
+                    if not (flush or self._decided(pending[i], log_time_now)):
                         break
                     ready.append(i)
-                if len(ready) < self.options.batch_size and not (at_end and ready):
+                if len(ready) < self.options.batch_size and not (flush and ready):
                     return True
                 cut = ready[-1] + 1
             if not self._write_batch(output, engine, pending[:cut]):
                 return False
+            self._pending_bytes -= sum(_size(entry) for entry in pending[:cut])
             del pending[:cut]
         return True
+
+    def _over_bounds(self, pending: list[_Entry], log_time_now: int) -> bool:
+        span = log_time_now - pending[0].message.log_time
+        return span > BUFFER_HORIZON_S * 1e9 or self._pending_bytes > BUFFER_MAX_BYTES
 
     def _write_batch(self, output: OutputBag, engine: Engine, entries: list[_Entry]) -> bool:
         """Segments and writes `entries`; False (nothing written) when the run was stopped."""
@@ -466,7 +535,7 @@ class BagJob:
         """Fills entry.rgb, or returns why the frame cannot be segmented."""
         where = f"{entry.topic.name} at log time {entry.message.log_time}"
         if entry.msg is None:
-            return f"{where}: not a valid {entry.topic.schema.name} message"
+            return f"{where}: not a valid {entry.topic.type_name} message"
         to_rgb = compressed_to_rgb if isinstance(entry.msg, CompressedImage) else image_to_rgb
         try:
             entry.rgb = to_rgb(entry.msg, self.options.max_input_pixels)
@@ -492,3 +561,37 @@ class BagJob:
         for name, count in self._restored_3d.as_dict().items():
             setattr(self.report, name,
                     count + sum(getattr(p.counts, name) for p in self.pipelines.values()))
+
+
+def _recorded_ros_distro(source: InputBag) -> str:
+    """The ROS distribution that recorded the input (rosbag2 says so since Iron), else this
+    environment's ROS_DISTRO, else "" (unknown)."""
+    for name, metadata in source.metadata_records():
+        if name != ROSBAG2_RECORD:
+            continue
+        if metadata.get("ROS_DISTRO"):
+            return metadata["ROS_DISTRO"]
+        with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError):
+            distro = yaml.safe_load(metadata.get("serialized_metadata", "")).get("ros_distro")
+            if distro:
+                return str(distro)
+    return os.environ.get("ROS_DISTRO", "")
+
+
+def _size(entry: _Entry) -> int:
+    return len(entry.message.data) * (2 if entry.selected else 1)
+
+
+def _differences(recorded: str, fingerprint: dict[str, str]) -> str:
+    """The settings that differ between an earlier run's fingerprint and this one's."""
+    try:
+        before = json.loads(recorded)
+    except ValueError:
+        return "unreadable settings"
+    now = json.loads(fingerprint["options"])
+    flat_before, flat_now = ({**{f"engine {k}": v for k, v in settings.pop("engine", {}).items()},
+                              **settings} for settings in (before, now))
+    changed = [f"{name}: {flat_before.get(name)!r} then, {flat_now.get(name)!r} now"
+               for name in sorted(set(flat_before) | set(flat_now))
+               if flat_before.get(name) != flat_now.get(name)]
+    return "; ".join(changed) or "none found"

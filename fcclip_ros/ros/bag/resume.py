@@ -1,5 +1,6 @@
-"""What `--resume` needs: the progress record of an output, and the recovery of what a killed
-run (SIGKILL, out of memory) left behind: its partial MCAP and checkpoint log."""
+"""What `--resume` needs: the progress record of an output, and the recovery of what a failed
+or killed run (an error, SIGKILL, out of memory) left behind: its partial MCAP and checkpoint
+log."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mcap.reader import make_reader
-from mcap.records import Channel, Message, Schema
+from mcap.records import Attachment, Channel, Message, Metadata, Schema
 from mcap.stream_reader import StreamReader
 from mcap.writer import Writer
 
@@ -31,36 +32,52 @@ def recover_killed_run(folder: Path) -> int | None:
     if not (files["killed"].is_file() and files["killed_progress"].is_file()):
         return None
     header, checkpoints = _read_checkpoints(files["killed_progress"])
-    whole = sum(1 for _ in _whole_messages(files["killed"]))
+    whole = sum(1 for record in _whole_records(files["killed"]) if isinstance(record[0], Message))
     usable = [c for c in checkpoints if c.get("messages_written", whole + 1) <= whole]
     if header is None or not usable:
-        raise BagError(f"{folder}: the run was killed before it wrote anything usable; remove "
+        raise BagError(f"{folder}: the run stopped before it wrote anything usable; remove "
                        "the folder and start again")
     last = usable[-1]
     keep = last.pop("messages_written")
     with files["repair"].open("wb") as stream:
         writer = Writer(stream)
         writer.start(profile="ros2", library="fcclip_ros bag")
-        schema_ids: dict[int, int] = {}
+        schema_ids: dict[int, int] = {0: 0}
         channel_ids: dict[int, int] = {}
-        for count, (schema, channel, message) in enumerate(_whole_messages(files["killed"])):
+        count = 0
+        for record, schema, channel in _whole_records(files["killed"]):
+            if isinstance(record, Metadata):
+                writer.add_metadata(record.name, dict(record.metadata))
+                continue
+            if isinstance(record, Attachment):
+                writer.add_attachment(record.create_time, record.log_time, record.name,
+                                      record.media_type, record.data)
+                continue
             if count == keep:
                 break
-            if schema.id not in schema_ids:
+            count += 1
+            if schema is not None and schema.id not in schema_ids:
                 schema_ids[schema.id] = writer.register_schema(schema.name, schema.encoding,
                                                                schema.data)
             if channel.id not in channel_ids:
                 channel_ids[channel.id] = writer.register_channel(
-                    channel.topic, channel.message_encoding, schema_ids[schema.id],
+                    channel.topic, channel.message_encoding, schema_ids[channel.schema_id],
                     dict(channel.metadata))
-            writer.add_message(channel_ids[channel.id], message.log_time, message.data,
-                               message.publish_time, message.sequence)
+            writer.add_message(channel_ids[channel.id], record.log_time, record.data,
+                               record.publish_time, record.sequence)
         writer.add_metadata(PROGRESS_RECORD, {**header, **last, "complete": "false"})
         writer.finish()
     os.replace(files["repair"], files["mcap"])
     files["killed"].unlink()
     files["killed_progress"].unlink()
     return keep
+
+
+def discard_killed_run(folder: Path) -> None:
+    """Removes what a run left that held nothing usable (the finished file, if any, stays)."""
+    files = output_files(folder)
+    for kind in ("partial", "progress", "killed", "killed_progress", "repair"):
+        files[kind].unlink(missing_ok=True)
 
 
 def _read_checkpoints(path: Path) -> tuple[dict[str, str] | None, list[dict[str, Any]]]:
@@ -77,9 +94,11 @@ def _read_checkpoints(path: Path) -> tuple[dict[str, str] | None, list[dict[str,
     return entries[0], entries[1:]
 
 
-def _whole_messages(path: Path) -> Iterator[tuple[Schema, Channel, Message]]:
-    """The messages of a partial MCAP in the order written, up to the first record that the
-    kill cut short (every chunk is checked against its CRC)."""
+def _whole_records(path: Path) -> Iterator[tuple[Message | Metadata | Attachment,
+                                                  Schema | None, Channel | None]]:
+    """The messages (with their schema and channel), metadata records and attachments of a
+    partial MCAP in the order written, up to the first record that the kill cut short (every
+    chunk is checked against its CRC)."""
     schemas: dict[int, Schema] = {}
     channels: dict[int, Channel] = {}
     with path.open("rb") as stream:
@@ -97,11 +116,14 @@ def _whole_messages(path: Path) -> Iterator[tuple[Schema, Channel, Message]]:
                 channels[record.id] = record
             elif isinstance(record, Message):
                 channel = channels[record.channel_id]
-                yield schemas[channel.schema_id], channel, record
+                yield record, schemas.get(channel.schema_id), channel
+            elif isinstance(record, (Metadata, Attachment)):
+                yield record, None, None
 
 
 def read_progress(path: Path) -> dict[str, str] | None:
-    """The progress record of a bag this command wrote, or None."""
+    """The progress record of a finished (complete or interrupted) file this command wrote, or
+    None."""
     with path.open("rb") as stream:
         for record in make_reader(stream).iter_metadata():
             if record.name == PROGRESS_RECORD:

@@ -1,10 +1,11 @@
 """Writing a rosbag2 folder (`<folder>/<folder name>_0.mcap` + `metadata.yaml`) that `ros2 bag
-info/play` and Foxglove open, without a ROS install. Our own messages are serialized from the
-ros2msg schema written beside them.
+info/play` and Foxglove open, without a ROS install. Input channels keep their own schemas and
+encodings; our own messages are serialized from the ros2msg schema written beside them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -13,89 +14,111 @@ from typing import Any
 
 import numpy as np
 import yaml
+from mcap.reader import make_reader
+from mcap.records import Attachment, Schema
 from mcap.writer import Writer
 from mcap_ros2._dynamic import serialize_dynamic
 
 from fcclip_ros.ros.bag.message_definitions import (
     MessageDefinitionError,
+    _share_directories,
     message_definition,
     message_type_name,
 )
 from fcclip_ros.ros.bag.reader import BagError
 
 PROGRESS_RECORD = "fcclip_ros.bag"
-# The QoS rosbag2 replays a topic with (Humble's metadata format, read by every later release):
-# reliable, volatile; the vocabulary transient local, as the node latches it.
-_QOS = ("- history: 1\n  depth: 1\n  reliability: 1\n  durability: {durability}\n"
-        "  deadline:\n    sec: 2147483647\n    nsec: 4294967295\n"
-        "  lifespan:\n    sec: 2147483647\n    nsec: 4294967295\n  liveliness: 1\n"
-        "  liveliness_lease_duration:\n    sec: 2147483647\n    nsec: 4294967295\n"
-        "  avoid_ros_namespace_conventions: false\n")
-VOLATILE_QOS, LATCHED_QOS = _QOS.format(durability=2), _QOS.format(durability=1)
-
-
-
-# --- output --------------------------------------------------------------------------------
+ROSBAG2_RECORD = "rosbag2"  # rosbag2's own description of the bag (its MCAP storage plugin)
+METADATA_VERSION = 9  # the metadata.yaml version rosbag2 writes since Jazzy
+# The QoS a topic is replayed with, as rosbag2 (version 9) writes offered_qos_profiles: reliable,
+# volatile; the vocabulary transient local, as the node latches it.
+_QOS = {"history": "keep_last", "depth": 1, "reliability": "reliable", "durability": "volatile",
+        **{duration: {"sec": 9223372036, "nsec": 854775807}  # infinite, as rmw writes it
+           for duration in ("deadline", "lifespan")},
+        "liveliness": "automatic",
+        "liveliness_lease_duration": {"sec": 9223372036, "nsec": 854775807},
+        "avoid_ros_namespace_conventions": False}
+VOLATILE_QOS = yaml.safe_dump([_QOS], sort_keys=False)
+LATCHED_QOS = yaml.safe_dump([{**_QOS, "durability": "transient_local"}], sort_keys=False)
 
 
 def output_files(folder: Path) -> dict[str, Path]:
     """The files of an output folder: the finished MCAP, and while it is being written (or
-    after its writer was killed) the partial MCAP, its checkpoint log, and both set aside for
-    recovery."""
+    after its run failed or was killed) the partial MCAP, its checkpoint log, and both set
+    aside for recovery."""
     path = folder / f"{folder.name}_0.mcap"
-    return {"mcap": path, **{kind: path.with_name(f"{path.name}.{kind}") for kind in (
-        "partial", "progress", "killed", "killed_progress", "repair")}}
+    return {"mcap": path, "metadata": folder / "metadata.yaml",
+            **{kind: path.with_name(f"{path.name}.{kind}") for kind in (
+                "partial", "progress", "killed", "killed_progress", "repair")}}
+
+
+def replace_atomically(path: Path, text: str) -> None:
+    """Write `text` to `path` so that a reader sees the old file or the whole new one."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w") as stream:
+        stream.write(text)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(temporary, path)
 
 
 class OutputBag:
     """A rosbag2 folder being written: `<folder>/<folder name>_0.mcap` and `metadata.yaml`.
 
-    The MCAP is written beside its final name and moved there by `close`, so a run that dies
-    never leaves a half-written file where a finished one (or the one being resumed) was.
-    Beside it, a checkpoint log (first line `header`, then one JSON line per `checkpoint`)
-    lets `recover_killed_run` finish what a killed process wrote.
+    The MCAP is written beside its final name (`.partial`) with a checkpoint log beside it
+    (first line `header`, then one JSON line per `checkpoint`). Only `close` moves it into place,
+    and only a complete run writes `metadata.yaml`, last: a run that fails (`abandon`) or dies
+    leaves the partial file and its log, from which `recover_killed_run` rebuilds a file up to
+    the last checkpoint, and never a finished-looking bag.
     """
 
-    def __init__(self, folder: Path, header: dict[str, str]) -> None:
+    def __init__(self, folder: Path, header: dict[str, str], ros_distro: str = "") -> None:
         self.folder = folder
-        files = output_files(folder)
-        self.path = files["mcap"]
+        self._files = output_files(folder)
+        self.path = self._files["mcap"]
+        self.ros_distro = ros_distro
         folder.mkdir(parents=True, exist_ok=True)
-        self._partial = files["partial"]
-        self._log_path = files["progress"]
-        self._log = self._log_path.open("w")
+        self._log = self._files["progress"].open("w")
         self._log.write(json.dumps(header) + "\n")
-        self._stream = self._partial.open("wb")
+        self._stream = self._files["partial"].open("wb")
         self._writer = Writer(self._stream)
         self._writer.start(profile="ros2", library="fcclip_ros bag")
-        self._schemas: dict[str, int] = {}
+        self._schemas: dict[tuple[str, str, bytes], int] = {}
         self._channels: dict[str, int] = {}
         self._topic_types: dict[str, str] = {}
-        self._topic_qos: dict[str, str] = {}
         self._encoders: dict[str, Callable[[Any], bytes]] = {}
         self._definitions: dict[str, bytes] = {}
+        self._topic_metadata: dict[str, dict[str, Any]] = {}
         self.counts: dict[str, int] = {}
         self.start_time: int | None = None
         self.end_time = 0
 
-    def add_topic(self, name: str, type_name: str, schema_text: bytes,
+    def add_topic(self, name: str, schema: Schema | None, message_encoding: str,
                   metadata: dict[str, str]) -> None:
+        """A channel exactly as the input has it: its schema's name, encoding and data (none:
+        schema id 0), its message encoding and its metadata."""
         if name in self._channels:
-            return
-        if type_name not in self._schemas:
-            self._schemas[type_name] = self._writer.register_schema(type_name, "ros2msg",
-                                                                    schema_text)
-        self._channels[name] = self._writer.register_channel(
-            name, "cdr", self._schemas[type_name], metadata)
-        self._topic_types[name] = type_name
-        self._topic_qos[name] = metadata.get("offered_qos_profiles", "")
+            raise BagError(f"topic {name} is written twice")
+        schema_id = 0
+        if schema is not None:
+            key = (schema.name, schema.encoding, schema.data)
+            if key not in self._schemas:
+                self._schemas[key] = self._writer.register_schema(*key)
+            schema_id = self._schemas[key]
+        self._channels[name] = self._writer.register_channel(name, message_encoding, schema_id,
+                                                             metadata)
+        self._topic_types[name] = "" if schema is None else schema.name
+        qos = metadata.get("offered_qos_profiles", "")
+        self._topic_metadata[name] = {
+            "name": name, "type": self._topic_types[name],
+            "serialization_format": message_encoding,
+            "offered_qos_profiles": (_parsed_qos(qos) if qos else None) or [],
+            "type_description_hash": metadata.get("topic_type_hash", "")}
         self.counts[name] = 0
 
     def add_output_topic(self, name: str, message_class: type, qos: str = VOLATILE_QOS) -> None:
+        """A channel for one of our outputs, described the way rosbag2 records it."""
         type_name = message_type_name(message_class)
-        if name in self._topic_types and self._topic_types[name] != type_name:
-            raise BagError(f"the input already has a topic {name} of type "
-                           f"{self._topic_types[name]}, where this command writes {type_name}")
         if type_name not in self._encoders:
             try:
                 definition = message_definition(type_name)
@@ -103,8 +126,17 @@ class OutputBag:
                 raise BagError(f"cannot describe {type_name} in the bag: {error}") from error
             self._encoders[type_name] = serialize_dynamic(type_name, definition)[type_name]
             self._definitions[type_name] = definition.encode()
-        self.add_topic(name, type_name, self._definitions[type_name],
-                       {"offered_qos_profiles": qos})
+        schema = Schema(id=0, name=type_name, encoding="ros2msg",
+                        data=self._definitions[type_name])
+        self.add_topic(name, schema, "cdr", {"offered_qos_profiles": qos,
+                                             "topic_type_hash": type_description_hash(type_name)})
+
+    def add_metadata(self, name: str, metadata: dict[str, str]) -> None:
+        self._writer.add_metadata(name, metadata)
+
+    def add_attachment(self, attachment: Attachment) -> None:
+        self._writer.add_attachment(attachment.create_time, attachment.log_time, attachment.name,
+                                    attachment.media_type, attachment.data)
 
     def write(self, topic: str, data: bytes, log_time: int, publish_time: int,
               sequence: int = 0) -> None:
@@ -124,46 +156,94 @@ class OutputBag:
         is finished first, and both files are handed to the operating system: a killed process
         loses nothing up to here (a power cut may)."""
         self._writer.flush()
+        self._stream.flush()
         self._log.write(json.dumps({"messages_written": sum(self.counts.values()),
                                     **progress}) + "\n")
         self._log.flush()
 
     def close(self, progress: dict[str, str]) -> None:
-        """Finish the MCAP with its summary and the run's progress record, put it in place,
-        and write the metadata.yaml that `ros2 bag info/play` read."""
+        """Finish the MCAP with its summary, rosbag2's description and the run's progress
+        record, and put it in place. A complete run then gets its metadata.yaml, as the very
+        last step: a folder with one is a finished bag."""
+        self._writer.add_metadata(ROSBAG2_RECORD, {"serialized_metadata": yaml.safe_dump(
+            self._describe(), sort_keys=False)})
         self._writer.add_metadata(PROGRESS_RECORD, progress)
         self._writer.finish()
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
         self._stream.close()
-        os.replace(self._partial, self.path)
+        os.replace(self._files["partial"], self.path)
+        if progress.get("complete") == "true":
+            write_rosbag2_metadata(self.folder)
         self._log.close()
-        self._log_path.unlink()
-        (self.folder / "metadata.yaml").write_text(yaml.safe_dump(self._rosbag2_metadata(),
-                                                                  sort_keys=False))
+        self._files["progress"].unlink()
 
-    def _rosbag2_metadata(self) -> dict[str, Any]:
+    def abandon(self) -> None:
+        """After a failure: close the files as they are, for `--resume` to recover."""
+        for stream in (self._stream, self._log):
+            with contextlib.suppress(OSError, ValueError):
+                stream.close()
+
+    def _describe(self) -> dict[str, Any]:
+        """rosbag2's BagMetadata of what was written (version 9, as Jazzy and later write it):
+        the `rosbag2` record of the MCAP, and the content of metadata.yaml."""
         start = self.start_time or 0
-        duration = self.end_time - start
         total = sum(self.counts.values())
-        return {"rosbag2_bagfile_information": {
-            "version": 5,
+        return {
+            "version": METADATA_VERSION,
             "storage_identifier": "mcap",
-            "duration": {"nanoseconds": duration},
+            "duration": {"nanoseconds": self.end_time - start},
             "starting_time": {"nanoseconds_since_epoch": start},
             "message_count": total,
             "topics_with_message_count": [
-                {"topic_metadata": {"name": name, "type": self._topic_types[name],
-                                    "serialization_format": "cdr",
-                                    "offered_qos_profiles": self._topic_qos[name]},
-                 "message_count": count}
-                for name, count in self.counts.items()],
+                {"topic_metadata": metadata, "message_count": self.counts[name]}
+                for name, metadata in self._topic_metadata.items()],
             "compression_format": "",
             "compression_mode": "",
             "relative_file_paths": [self.path.name],
             "files": [{"path": self.path.name,
                        "starting_time": {"nanoseconds_since_epoch": start},
-                       "duration": {"nanoseconds": duration},
+                       "duration": {"nanoseconds": self.end_time - start},
                        "message_count": total}],
-        }}
+            "custom_data": None,
+            "ros_distro": self.ros_distro,
+        }
+
+
+def _parsed_qos(text: str) -> Any:
+    """offered_qos_profiles as metadata.yaml (version 9) holds it: the channel's YAML text
+    parsed (rosbag2 reads the policies by name or, from older recorders, by number)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+
+
+def type_description_hash(type_name: str) -> str:
+    """The RIHS01 hash of an installed interface (rosidl writes it beside the .msg file, in
+    share/<package>/msg/<Type>.json); "" when unknown, as rosbag2 leaves it."""
+    package, _, name = type_name.split("/")
+    for share in _share_directories():
+        path = share / package / "msg" / f"{name}.json"
+        if path.is_file():
+            with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
+                return json.loads(path.read_text())["type_hashes"][0]["hash_string"]
+    return ""
+
+
+def write_rosbag2_metadata(folder: Path) -> None:
+    """metadata.yaml, atomically: the description of the finished MCAP (its `rosbag2` record),
+    as rosbag2 writes it beside its files."""
+    files = output_files(folder)
+    with files["mcap"].open("rb") as stream:
+        described = next((dict(record.metadata) for record in make_reader(stream).iter_metadata()
+                          if record.name == ROSBAG2_RECORD), None)
+    if described is None:
+        raise BagError(f"{files['mcap']} has no rosbag2 description; remove the folder and "
+                       "start again")
+    information = yaml.safe_load(described["serialized_metadata"])
+    replace_atomically(files["metadata"], yaml.safe_dump(
+        {"rosbag2_bagfile_information": information}, sort_keys=False))
 
 
 class _PlainArrays:
