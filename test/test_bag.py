@@ -815,3 +815,35 @@ def test_memory_stays_bounded_when_the_cameras_stop_and_other_data_goes_on(tmp_p
                                    "--batch-size", "4"], tmp_path / f"{kilobytes}.log"))
         path.unlink()
     assert peaks[1] - peaks[0] < BUFFER_MAX_BYTES / 2**20 + 40, peaks
+
+
+def test_damaged_input_stops_with_one_line_and_resumes_past_it_with_skip_damaged(tmp_path):
+    """A bit flipped in a middle chunk: exit 2 naming the topics and times, nothing complete;
+    --resume --skip-damaged then reads past it (exit 1, counted), as a fresh skipping run."""
+    from helpers.recorded_bag import damage_a_middle_chunk, image_topic, write_recorded_bag
+
+    recording = write_recorded_bag(
+        tmp_path / "damaged.mcap",
+        [image_topic("/front/image", [p for p in _photos() for _ in range(2)], START_NS,
+                     100_000_000)], chunk_size=2000)  # a chunk per frame
+    lost = damage_a_middle_chunk(recording)
+    args = [str(recording), *ENGINE_ARGS, "--cache-dir", str(tmp_path), "--outputs", "segments"]
+
+    stopped = run_bag(*args, "--out", str(tmp_path / "out"))
+    assert stopped.returncode == 2
+    assert "Traceback" not in stopped.stderr
+    line = stopped.stderr.strip().splitlines()[-1]
+    assert "damaged data" in line and "/front/image" in line and "--skip-damaged" in line
+    assert f"{lost[0][1] // 10**9}." in line  # the log-time range, in seconds
+    assert not (tmp_path / "out" / "metadata.yaml").exists()
+    assert not (tmp_path / "out" / "out_0.mcap").exists()
+
+    resumed = run_bag(*args, "--out", str(tmp_path / "out"), "--resume", "--skip-damaged")
+    assert resumed.returncode == 1, resumed.stderr
+    assert f"damaged input skipped: {len(lost)} messages of /front/image" in resumed.stderr
+    assert (f"{12 - len(lost)} of 12 frames segmented, 0 not segmented, batch size 1; "
+            f"{len(lost)} damaged input messages skipped") in resumed.stdout
+    fresh = run_bag(*args, "--out", str(tmp_path / "fresh"), "--skip-damaged")
+    assert fresh.returncode == 1
+    assert raw_messages(tmp_path / "out" / "out_0.mcap") == raw_messages(
+        tmp_path / "fresh" / "fresh_0.mcap")

@@ -14,14 +14,13 @@ import pytest
 import yaml
 from helpers.recorded_bag import (
     RecordedTopic,
+    damage_a_middle_chunk,
     image_topic,
     odd_topics,
     write_recorded_bag,
     write_split_recording,
 )
 from mcap.reader import make_reader
-from mcap.records import Chunk
-from mcap.stream_reader import breakup_chunk
 from mcap.writer import CompressionType, Writer
 
 from fcclip_ros.ros.bag import reader
@@ -210,18 +209,7 @@ def _damaged_recording(path: Path, compression: str) -> tuple[list, list, Counte
               _text_topic("/chatter", [START + i * 20 * MS + 1 for i in range(50)], size=64)]
     write_recorded_bag(path, topics, compression=compression, chunk_size=2000)
     everything = _file_order(path)
-    with path.open("rb") as stream:
-        summary = make_reader(stream).get_summary()
-        chunks = sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)
-        chunk = chunks[len(chunks) // 2]
-        stream.seek(chunk.chunk_start_offset + 9)
-        from mcap.data_stream import ReadDataStream
-        records = breakup_chunk(Chunk.read(ReadDataStream(stream)))
-    lost = [(summary.channels[r.channel_id].topic, r.log_time, r.data)
-            for r in records if hasattr(r, "log_time")]
-    data = bytearray(path.read_bytes())
-    data[chunk.chunk_start_offset + chunk.chunk_length - 12] ^= 0x5A  # inside the chunk's data
-    path.write_bytes(bytes(data))
+    lost = damage_a_middle_chunk(path)
     return everything, lost, Counter(topic for topic, _, _ in lost)
 
 

@@ -17,6 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import yaml
+from mcap.data_stream import ReadDataStream
+from mcap.reader import make_reader
+from mcap.records import Chunk, Message
+from mcap.stream_reader import breakup_chunk
 from mcap.writer import CompressionType, Writer
 
 from fcclip_ros.ros.bag.message_definitions import message_definition
@@ -204,3 +208,20 @@ def write_split_recording(folder: Path, parts: list[list[RecordedTopic]],
         (folder / "metadata.yaml").write_text(
             yaml.safe_dump({"rosbag2_bagfile_information": info}, sort_keys=False))
     return files
+
+
+def damage_a_middle_chunk(path: Path) -> list[tuple[str, int, bytes]]:
+    """Flips one byte inside the data of the file's middle chunk (in file order), as a bad
+    sector or a bit flip would; returns what that chunk held: (topic, log time, data)."""
+    with path.open("rb") as stream:
+        summary = make_reader(stream).get_summary()
+        chunks = sorted(summary.chunk_indexes, key=lambda c: c.chunk_start_offset)
+        chunk = chunks[len(chunks) // 2]
+        stream.seek(chunk.chunk_start_offset + 9)  # past the record's opcode and length
+        records = breakup_chunk(Chunk.read(ReadDataStream(stream)))
+    lost = [(summary.channels[r.channel_id].topic, r.log_time, r.data)
+            for r in records if isinstance(r, Message)]
+    data = bytearray(path.read_bytes())
+    data[chunk.chunk_start_offset + chunk.chunk_length - 12] ^= 0x5A  # inside the chunk's data
+    path.write_bytes(bytes(data))
+    return lost

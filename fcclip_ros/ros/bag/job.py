@@ -85,9 +85,10 @@ class BagOptions:
     style: OverlayStyle = field(default_factory=OverlayStyle)
 
     def settings(self) -> dict[str, Any]:
-        """What must match for --resume to continue a file (the style is not recorded)."""
+        """What must match for --resume to continue a file. Not the style (not recorded), nor
+        skip_damaged: a run stopped by damage resumes with --skip-damaged to read past it."""
         return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in asdict(self).items() if key != "style"}
+                for key, value in asdict(self).items() if key not in ("style", "skip_damaged")}
 
 
 @dataclass

@@ -10,6 +10,7 @@ The `.msg` files come from the installed interfaces (`share/<package>/msg/`), ou
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sys
@@ -82,3 +83,17 @@ def message_type_name(message_class: type) -> str:
     """ "sensor_msgs/msg/Image" for the generated Python class sensor_msgs.msg.Image."""
     package = message_class.__module__.split(".")[0]
     return f"{package}/msg/{message_class.__name__}"
+
+
+def type_description_hash(type_name: str) -> str:
+    """The RIHS01 hash of an installed interface (rosidl writes it beside the .msg file, in
+    share/<package>/msg/<Type>.json); "" when unknown, as rosbag2 leaves it."""
+    package, _, name = type_name.split("/")
+    for share in _share_directories():
+        path = share / package / "msg" / f"{name}.json"
+        if path.is_file():
+            try:
+                return json.loads(path.read_text())["type_hashes"][0]["hash_string"]
+            except (ValueError, KeyError, IndexError, TypeError):
+                return ""
+    return ""

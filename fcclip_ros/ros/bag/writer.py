@@ -21,9 +21,9 @@ from mcap_ros2._dynamic import serialize_dynamic
 
 from fcclip_ros.ros.bag.message_definitions import (
     MessageDefinitionError,
-    _share_directories,
     message_definition,
     message_type_name,
+    type_description_hash,
 )
 from fcclip_ros.ros.bag.reader import BagError
 
@@ -217,18 +217,6 @@ def _parsed_qos(text: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError:
         return None
-
-
-def type_description_hash(type_name: str) -> str:
-    """The RIHS01 hash of an installed interface (rosidl writes it beside the .msg file, in
-    share/<package>/msg/<Type>.json); "" when unknown, as rosbag2 leaves it."""
-    package, _, name = type_name.split("/")
-    for share in _share_directories():
-        path = share / package / "msg" / f"{name}.json"
-        if path.is_file():
-            with contextlib.suppress(ValueError, KeyError, IndexError, TypeError):
-                return json.loads(path.read_text())["type_hashes"][0]["hash_string"]
-    return ""
 
 
 def write_rosbag2_metadata(folder: Path) -> None:
