@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -847,3 +848,34 @@ def test_damaged_input_stops_with_one_line_and_resumes_past_it_with_skip_damaged
     assert fresh.returncode == 1
     assert raw_messages(tmp_path / "out" / "out_0.mcap") == raw_messages(
         tmp_path / "fresh" / "fresh_0.mcap")
+
+
+def test_an_independent_rosbag2_reader_opens_the_output_and_decodes_every_message(tmp_path):
+    """rosbags (Ternaris) reads the folder as rosbag2 does: metadata.yaml (version 9), the MCAP,
+    each schema (ros2msg and ros2idl), checking each type's RIHS01 hash against the schema."""
+    from helpers.recorded_bag import image_topic, odd_topics, write_recorded_bag
+    from rosbags.highlevel import AnyReader
+    from rosbags.rosbag2 import Reader
+
+    idl_topic = odd_topics(START_NS, 50_000_000, 4)[0]  # rosbags reads cdr topics only
+    recording = write_recorded_bag(
+        tmp_path / "in" / "in_0.mcap",
+        [image_topic("/front/image", _photos()[:2], START_NS, 100_000_000), idl_topic])
+    out = tmp_path / "out"
+    result = run_bag(str(recording), "--out", str(out), *ENGINE_ARGS, "--cache-dir",
+                     str(tmp_path), "--outputs", "labels", "instances", "confidence", "overlay",
+                     "segments", "embeddings")
+    assert result.returncode == 0, result.stderr
+    with Reader(out) as bag:
+        listed = {connection.topic: connection.msgcount for connection in bag.connections}
+    with (out / "out_0.mcap").open("rb") as stream:
+        summary = make_reader(stream).get_summary()
+    assert listed == {channel.topic: summary.statistics.channel_message_counts[channel_id]
+                      for channel_id, channel in summary.channels.items()}
+    decoded_per_topic: Counter[str] = Counter()
+    with AnyReader([out]) as reader:
+        for connection, _, data in reader.messages():
+            reader.deserialize(data, connection.msgtype)
+            decoded_per_topic[connection.topic] += 1
+    assert dict(decoded_per_topic) == listed
+    assert decoded_per_topic["/front/segmentation/segments"] == 2

@@ -23,7 +23,7 @@ from mcap.records import Chunk, Message
 from mcap.stream_reader import breakup_chunk
 from mcap.writer import CompressionType, Writer
 
-from fcclip_ros.ros.bag.message_definitions import message_definition
+from fcclip_ros.ros.bag.message_definitions import message_definition, type_description_hash
 
 LIBRARY = "rosbag2.mcap.libmcap"
 # One publisher's QoS as Jazzy's rosbag2 writes it in offered_qos_profiles (the policies by name,
@@ -49,8 +49,10 @@ class RecordedTopic:
 
 
 def type_hash(schema_name: str, schema_data: bytes) -> str:
-    """A `topic_type_hash` of rosbag2's form ("RIHS01_" + 64 hex digits). Not the real RIHS01
-    hash of the type (that needs rosidl's type description): a stand-in of the same shape."""
+    """The `topic_type_hash` rosbag2 records: the type's real RIHS01 hash where the interface is
+    installed, else a stand-in of the same shape ("RIHS01_" + 64 hex digits)."""
+    if schema_name.count("/") == 2 and (known := type_description_hash(schema_name)):
+        return known
     return "RIHS01_" + hashlib.sha256(schema_name.encode() + b"\0" + schema_data).hexdigest()
 
 
