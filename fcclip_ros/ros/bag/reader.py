@@ -397,28 +397,27 @@ class InputBag:
 
     def metadata_records(self) -> list[tuple[str, dict[str, str]]]:
         """Every Metadata record of the input files, files in order, each in file order."""
-        records: list[tuple[str, dict[str, str]]] = []
-        for info in self._files:
-            indexes = info.summary.metadata_indexes
-            expected = info.summary.statistics.metadata_count
-            with info.path.open("rb") as stream:
-                offsets = ([index.offset for index in indexes] if len(indexes) >= expected
-                           else self._scan(info, stream, Opcode.METADATA))
-                for offset in sorted(offsets):
-                    record = self._record_at(info, stream, offset, Opcode.METADATA, Metadata)
-                    records.append((record.name, dict(record.metadata)))
-        return records
+        return [(record.name, dict(record.metadata))
+                for record in self._top_level(Opcode.METADATA, Metadata)]
 
     def attachments(self) -> Iterator[Attachment]:
         """Every Attachment record of the input files, files in order, each in file order."""
+        return self._top_level(Opcode.ATTACHMENT, Attachment)
+
+    def _top_level(self, opcode: int, kind: Any) -> Iterator[Any]:
+        """The records of one kind outside chunks: through the summary's index, or by scanning
+        the data section when the index holds fewer than the statistics count."""
         for info in self._files:
-            indexes = info.summary.attachment_indexes
-            expected = info.summary.statistics.attachment_count
+            summary = info.summary
+            indexes, expected = ((summary.metadata_indexes, summary.statistics.metadata_count)
+                                 if opcode == Opcode.METADATA else
+                                 (summary.attachment_indexes,
+                                  summary.statistics.attachment_count))
             with info.path.open("rb") as stream:
                 offsets = ([index.offset for index in indexes] if len(indexes) >= expected
-                           else self._scan(info, stream, Opcode.ATTACHMENT))
+                           else self._scan(info, stream, opcode))
                 for offset in sorted(offsets):
-                    yield self._record_at(info, stream, offset, Opcode.ATTACHMENT, Attachment)
+                    yield self._record_at(info, stream, offset, opcode, kind)
 
     @staticmethod
     def _scan(info: _File, stream: IO[bytes], wanted: int) -> list[int]:
