@@ -9,9 +9,10 @@ camera's frames go through the node's frame pipeline (fcclip_ros.frame_pipeline:
 Progress lives in the output itself (an MCAP metadata record), which is what `--resume` reads:
 an interrupted run finishes a valid file of whole frames, and a resumed run copies it and goes on
 from the first message it had not handled, producing the same file an uninterrupted run would.
-A run that could not finish its file (SIGKILL, out of memory) leaves the partial MCAP and a
-checkpoint per written batch of frames; `--resume` first rebuilds a finished file up to the last
-checkpoint the partial MCAP holds whole (resume.recover_killed_run).
+A run that could not finish its file (an error, SIGKILL, out of memory) leaves the partial MCAP
+and a checkpoint per written batch of frames; `--resume` first rebuilds a finished file up to the
+last checkpoint the partial MCAP holds whole (resume.recover_killed_run). Only a run that read the
+whole input writes metadata.yaml, last: that file is what marks an output complete.
 """
 
 from __future__ import annotations
