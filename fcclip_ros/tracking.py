@@ -108,7 +108,7 @@ class Tracker:
         things = np.flatnonzero(is_thing)
         if things.size:
             ids[things] = self._match_things(
-                masks[things], class_ids[things],
+                masks, things, class_ids[things],
                 None if embeddings is None else embeddings[things])
         return ids
 
@@ -129,12 +129,13 @@ class Tracker:
         missed = self._frame - self._last_seen - 1
         self._ids[missed > self.config.max_lost_frames] = 0
 
-    def _match_things(self, masks: np.ndarray, class_ids: np.ndarray,
+    def _match_things(self, masks: np.ndarray, things: np.ndarray, class_ids: np.ndarray,
                       embeddings: np.ndarray | None) -> np.ndarray:
+        """Ids of the segments `things` of `masks` (only their coarse grid is ever copied)."""
         config = self.config
-        count, height, width = masks.shape
+        count, (height, width) = things.size, masks.shape[1:]
         step = max(1, -(-max(height, width) // config.grid_cells))
-        coarse = masks[:, ::step, ::step]
+        coarse = masks[things, ::step, ::step]
         if coarse.shape[1:] != self._grid:  # a new image size: old masks cannot be compared
             self._grid = coarse.shape[1:]
             self._masks = np.zeros((config.max_tracks, *self._grid), bool)
@@ -143,7 +144,7 @@ class Tracker:
         scale = max(height, width)
         areas = coarse.sum(axis=(1, 2)).astype(np.float32)
         boxes = _boxes(coarse)
-        centres = _centres(masks, coarse, areas, step)
+        centres = _centres(masks, things, coarse, areas, step)
         extents = np.maximum(boxes[:, 1] - boxes[:, 0], boxes[:, 3] - boxes[:, 2]) * step / scale
         if embeddings is not None and embeddings.shape[1] != self._appearance.shape[1]:
             self._appearance = np.zeros((config.max_tracks, embeddings.shape[1]), np.float32)
@@ -160,14 +161,16 @@ class Tracker:
             radius = (np.maximum(config.reid_radius, 0.5 * self._extents[live])
                       + config.reid_radius_growth * missed)
             near = distance <= radius
-            if embeddings is None:
-                known = np.zeros((count, live.size), bool)
-                cosine = np.zeros((count, live.size), np.float32)
-            else:
-                known = np.broadcast_to(self._seen[live] > 0, (count, live.size))
-                cosine = embeddings @ self._appearance[live].T
-            by_overlap = (config.overlap_weight > 0) & (iou >= config.min_iou) & (
-                ~known | (cosine >= config.min_cosine))
+            overlapping = (config.overlap_weight > 0) & (iou >= config.min_iou)
+            known = np.zeros((count, live.size), bool)
+            cosine = np.zeros((count, live.size), np.float32)
+            if embeddings is not None:
+                # Only pairs that a gate could let through: no BLAS product (see _intersections).
+                rows, cols = np.nonzero((overlapping | near) & (self._seen[live] > 0)[None])
+                known[rows, cols] = True
+                cosine[rows, cols] = np.einsum("pd,pd->p", embeddings[rows],
+                                               self._appearance[live[cols]])
+            by_overlap = overlapping & (~known | (cosine >= config.min_cosine))
             by_appearance = known & (cosine >= config.reid_cosine) & near
             allowed = by_overlap | by_appearance
             score = (config.overlap_weight * iou + np.where(known, cosine, 0.0)
@@ -246,14 +249,14 @@ def _intersections(coarse: np.ndarray, boxes: np.ndarray, track_masks: np.ndarra
     return shared
 
 
-def _centres(masks: np.ndarray, coarse: np.ndarray, areas: np.ndarray,
-             step: int) -> np.ndarray:
+def _centres(masks: np.ndarray, things: np.ndarray, coarse: np.ndarray, areas: np.ndarray,
+              step: int) -> np.ndarray:
     """(x, y) centre of each mask in units of the image's long side; a mask too small for the
     coarse grid is measured at full resolution."""
     rows = (coarse.sum(axis=2) * (np.arange(coarse.shape[1]) * step + (step - 1) / 2)).sum(1)
     cols = (coarse.sum(axis=1) * (np.arange(coarse.shape[2]) * step + (step - 1) / 2)).sum(1)
     centres = np.stack([cols, rows], axis=1) / np.maximum(areas, 1.0)[:, None]
     for index in np.flatnonzero(areas == 0):
-        ys, xs = np.nonzero(masks[index])
+        ys, xs = np.nonzero(masks[things[index]])
         centres[index] = (xs.mean(), ys.mean()) if xs.size else (0.0, 0.0)
     return centres / max(masks.shape[1:])

