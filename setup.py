@@ -21,6 +21,7 @@ setup(
         "pyyaml",
         "torch>=2.6",  # checkpoint loading names numpy types in torch.serialization.safe_globals
         "open_clip_torch>=2.26",
+        "scipy",  # the tracker's assignment (linear_sum_assignment)
     ],
     extras_require={"bag": ["mcap>=1.5", "mcap-ros2-support>=0.5", "tqdm"]},  # 1.5: Writer.flush
     entry_points={"console_scripts": ["fcclip-ros = fcclip_ros.cli:main"]},
