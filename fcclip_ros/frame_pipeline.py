@@ -2,13 +2,13 @@
 `fcclip-ros segment` alike. ROS-free (messages are duck-typed).
 
     colour frame arrives ──▶ add_colour: its depth candidates start to gather (DepthPairing)
-    network ──▶ Segmentation
+    network ──▶ Segmentation ──▶ track ids (SegmentTracker, when tracking)
     depth_for ──▶ the chosen depth, registered to the frame (or None: 2D only, counted)
     frame ──▶ 3D boxes and points (a failure here costs the 3D only, counted) ──▶ Frame
     Frame ──▶ outputs: messages (fcclip_ros.ros.messages) or files (write_files)
 
-One FramePipeline per camera; its `counts` are the 3D counters that diagnostics and the bag
-report show.
+One FramePipeline per camera, with the camera's tracker; its `counts` are the 3D counters that
+diagnostics and the bag report show.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from fcclip_ros.geometry import (
 from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS, ImageConversionError
 from fcclip_ros.overlay import OverlayStyle, draw_overlay
 from fcclip_ros.result import Segmentation
+from fcclip_ros.tracking import SegmentTracker
 
 logger = logging.getLogger(__name__)
 MAX_REASONS_LOGGED = 32  # distinct 3D failure reasons logged per camera; later ones only counted
@@ -96,8 +97,10 @@ class FramePipeline:
     def __init__(self, model: str, points_stride: int, style: OverlayStyle | None = None,
                  depth: DepthSource | None = None,
                  max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
+                 tracker: SegmentTracker | None = None,
                  warn: Callable[[str], None] = logger.warning) -> None:
         self.model, self.points_stride = model, points_stride
+        self.tracker = tracker
         self.style = style or OverlayStyle()
         self.depth = depth
         self.max_input_pixels = max_input_pixels
@@ -106,6 +109,11 @@ class FramePipeline:
         self.counts = ThreeDCounts()
         self._warn = warn
         self._reasons_logged: set[str] = set()
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Whether the tracker needs the segments' embeddings (ask the engine for them)."""
+        return self.tracker is not None and self.tracker.needs_embeddings
 
     # ---- depth in ----------------------------------------------------------------------------
 
@@ -149,7 +157,10 @@ class FramePipeline:
 
     def frame(self, header: Any, rgb: np.ndarray, result: Segmentation,
               depth: DepthFrame | None = None, with_points: bool = True) -> Frame:
-        """The Frame of a result; with `depth`, its 3D boxes (and points, `with_points`)."""
+        """The Frame of a result, tracked; with `depth`, its 3D boxes (and points,
+        `with_points`). Call it for every segmented frame of the camera, in order."""
+        if self.tracker is not None:
+            result = self.tracker.track(result)
         geometry = cloud = None
         if depth is not None:
             try:
@@ -189,9 +200,9 @@ def segment_records(frame: Frame) -> list[dict[str, Any]]:
     return records
 
 
-def write_files(prefix: Path, frame: Frame) -> None:
+def write_files(prefix: Path, frame: Frame, with_embeddings: bool = True) -> None:
     """`<prefix>_labels.png`, `_instances.png`, `_overlay.png`, `_segments.json`, and where the
-    frame has them `_embeddings.npy` and `_points.ply`."""
+    frame has them `_embeddings.npy` (unless not `with_embeddings`) and `_points.ply`."""
     result = frame.result
     cv2.imwrite(f"{prefix}_labels.png", result.labels)
     cv2.imwrite(f"{prefix}_instances.png", result.instances)
@@ -200,7 +211,7 @@ def write_files(prefix: Path, frame: Frame) -> None:
                 "vocabulary_version": result.vocabulary_version,
                 "segments": segment_records(frame)}
     Path(f"{prefix}_segments.json").write_text(json.dumps(document, indent=2))
-    if result.embeddings is not None:
+    if with_embeddings and result.embeddings is not None:
         np.save(f"{prefix}_embeddings.npy", result.embeddings)
     if frame.cloud is not None:
         write_ply(f"{prefix}_points.ply", frame.cloud)

@@ -21,6 +21,7 @@ class Segment:
     is_thing: bool
     area: int  # pixels at the input resolution
     bbox: tuple[int, int, int, int]  # x_offset, y_offset, width, height of the tight box
+    track_id: int = 0  # the object's id across frames (fcclip_ros.tracking); 0: not tracked
 
 
 @dataclass

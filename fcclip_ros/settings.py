@@ -208,6 +208,38 @@ SETTINGS: tuple[Setting, ...] = (
         tunable=True, value_range=(1, 64), flag="--points-stride", commands=OFFLINE,
     ),
     Setting(
+        "tracking", bool, True,
+        _text("Give every segment a track id (Segment.track_id, and the vision_msgs and marker",
+              "ids): the same object keeps its id from frame to frame and through occlusions",
+              "shorter than tracking_max_lost_frames, per camera; an id is never given to",
+              "another object. A lifecycle cleanup forgets the tracks, a vocabulary swap does",
+              "not. false: track_id 0."),
+        flag="--tracking", commands=("bag",),
+    ),
+    Setting(
+        "tracking_max_lost_frames", int, 60,
+        _text("Tracking: frames an unseen object is remembered, to come back with its id (60: 2",
+              "s at 30 Hz)."),
+        value_range=(0, 100000), flag="--tracking-max-lost-frames", commands=OFFLINE,
+    ),
+    Setting(
+        "tracking_min_iou", float, 0.1,
+        _text("Tracking: a thing continues a track its mask overlaps by at least this IoU (and",
+              "whose appearance is not too different: tracking_min_cosine)."),
+        value_range=(0.0, 1.0), flag="--tracking-min-iou", commands=OFFLINE,
+    ),
+    Setting(
+        "tracking_min_cosine", float, 0.3,
+        "Tracking: overlapping segments whose embeddings' cosine is below this are not matched.",
+        value_range=(-1.0, 1.0), flag="--tracking-min-cosine", commands=OFFLINE,
+    ),
+    Setting(
+        "tracking_reid_cosine", float, 0.6,
+        _text("Tracking: without overlap (after an occlusion), a nearby thing takes a lost",
+              "track's id when their embeddings' cosine is at least this."),
+        value_range=(-1.0, 1.0), flag="--tracking-reid-cosine", commands=OFFLINE,
+    ),
+    Setting(
         "autostart", bool, True,
         _text("Configure and activate at start-up; false: the managed node waits in",
               "`unconfigured` for a lifecycle manager (Nav2's, or `ros2 lifecycle set /fcclip",
@@ -226,6 +258,11 @@ SETTINGS: tuple[Setting, ...] = (
     ),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
+# Setting -> fcclip_ros.tracking.TrackerConfig field (the tracker's other fields keep their
+# defaults).
+TRACKER_SETTINGS = {"tracking_max_lost_frames": "max_lost_frames",
+                    "tracking_min_iou": "min_iou", "tracking_min_cosine": "min_cosine",
+                    "tracking_reid_cosine": "reid_cosine"}
 
 
 def default(name: str) -> Any:

@@ -26,13 +26,32 @@ input sequence gives the same ids.
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from fcclip_ros.result import Segmentation
+from fcclip_ros.settings import TRACKER_SETTINGS
+
 _FORBIDDEN = 1e6  # cost of a gated pair; larger than any score difference
+
+
+# A thing track's per-slot arrays: what state() saves of each live slot.
+_SLOT_ARRAYS = ("ids", "classes", "last_seen", "centres", "extents", "seen", "areas", "masks",
+                "boxes", "appearance")
+
+
+class _Masks(NamedTuple):
+    """A frame's segment masks however they came (an array of masks, or an id image)."""
+
+    shape: tuple[int, int]  # (H, W)
+    coarse: Callable[[np.ndarray, int], np.ndarray]  # (rows, step) -> bool [len(rows), h, w]
+    full: Callable[[int], np.ndarray]  # row -> bool (H, W)
 
 
 @dataclass(frozen=True)
@@ -52,6 +71,12 @@ class TrackerConfig:
     overlap_weight: float = 1.0  # 0: overlap neither scores nor opens the gate
     class_penalty: float = 0.1
     appearance_momentum: float = 0.9  # running mean: weight of the old appearance
+
+    @classmethod
+    def from_settings(cls, values: Mapping[str, Any]) -> TrackerConfig:
+        """The config of the `tracking_*` settings (fcclip_ros.settings) in `values`."""
+        return cls(**{field: values[name] for name, field in TRACKER_SETTINGS.items()
+                      if name in values})
 
 
 class Tracker:
@@ -95,7 +120,27 @@ class Tracker:
         tensors too) will do. Every call is one frame, also one without segments.
         """
         masks = np.asarray(masks, bool)
-        count = masks.shape[0]
+        return self._update(_Masks(masks.shape[1:], lambda rows, step: masks[rows, ::step, ::step],
+                                   lambda row: masks[row]),
+                            masks.shape[0], class_ids, is_thing, embeddings)
+
+    def update_image(self, instances: np.ndarray, segment_ids: np.ndarray,
+                     class_ids: np.ndarray, is_thing: np.ndarray,
+                     embeddings: np.ndarray | None) -> np.ndarray:
+        """update() for segments given as an id image ((H, W), segment_ids [N] its values), as
+        the engine returns them: only the coarse grid is compared, no [N, H, W] masks made."""
+        instances = np.asarray(instances)
+        segment_ids = np.asarray(segment_ids).reshape(-1)
+
+        def coarse(rows: np.ndarray, step: int) -> np.ndarray:
+            return instances[None, ::step, ::step] == segment_ids[rows, None, None]
+
+        return self._update(_Masks(instances.shape, coarse,
+                                   lambda row: instances == segment_ids[row]),
+                            segment_ids.size, class_ids, is_thing, embeddings)
+
+    def _update(self, masks: _Masks, count: int, class_ids: np.ndarray, is_thing: np.ndarray,
+                embeddings: np.ndarray | None) -> np.ndarray:
         class_ids = np.asarray(class_ids, np.int64).reshape(count)
         is_thing = np.asarray(is_thing, bool).reshape(count)
         if embeddings is not None:
@@ -111,6 +156,50 @@ class Tracker:
                 masks, things, class_ids[things],
                 None if embeddings is None else embeddings[things])
         return ids
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything the next update() depends on, as plain arrays (np.savez stores them without
+        pickle): restore() on a Tracker of the same config goes on exactly as this one would."""
+        live = np.flatnonzero(self._ids)
+        return {
+            "counters": np.array([self._next_id, self._frame], np.int64),
+            "grid": np.array(self._grid or (0, 0), np.int64),
+            "slots": live.astype(np.int64),
+            **{name: getattr(self, f"_{name}")[live] for name in _SLOT_ARRAYS},
+            "masks": np.packbits(self._masks[live], axis=-1),  # 8 cells a byte
+            "stuff": np.array(list(self._stuff.items()), np.int64).reshape(-1, 2),
+        }
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Continue from a state() (ValueError, and nothing changed, when it does not fit)."""
+        restored = Tracker(self.config)
+        capacity = self.config.max_tracks
+        try:
+            restored._next_id, restored._frame = (int(v) for v in np.reshape(state["counters"], 2))
+            grid = tuple(int(v) for v in np.reshape(state["grid"], 2))
+            slots = np.asarray(state["slots"], np.int64).reshape(-1)
+            if (np.unique(slots).size != slots.size or restored._next_id < 1
+                    or not np.all((slots >= 0) & (slots < capacity))):
+                raise ValueError("slots or counters out of range")
+            restored._grid = grid if grid != (0, 0) else None
+            restored._masks = np.zeros((capacity, *grid), bool)
+            restored._appearance = np.zeros((capacity, np.shape(state["appearance"])[1]),
+                                            np.float32)
+            columns = {name: np.asarray(state[name]) for name in _SLOT_ARRAYS}
+            columns["masks"] = np.unpackbits(columns["masks"].astype(np.uint8, copy=False),
+                                             axis=-1, count=grid[1]).astype(bool)
+            for name, values in columns.items():
+                column = getattr(restored, f"_{name}")
+                if values.shape != column[slots].shape:
+                    raise ValueError(f"{name} has shape {values.shape}")
+                column[slots] = values
+            if np.any(restored._ids[slots] == 0):
+                raise ValueError("a track without an id")
+            stuff = np.asarray(state["stuff"], np.int64).reshape(-1, 2)[:capacity]
+            restored._stuff = OrderedDict((int(key), int(value)) for key, value in stuff)
+        except (KeyError, IndexError, TypeError, ValueError) as error:
+            raise ValueError(f"the tracker state does not fit this tracker: {error}") from error
+        vars(self).update(vars(restored))
 
     def _new_id(self) -> int:
         track_id = self._next_id
@@ -129,13 +218,13 @@ class Tracker:
         missed = self._frame - self._last_seen - 1
         self._ids[missed > self.config.max_lost_frames] = 0
 
-    def _match_things(self, masks: np.ndarray, things: np.ndarray, class_ids: np.ndarray,
+    def _match_things(self, masks: _Masks, things: np.ndarray, class_ids: np.ndarray,
                       embeddings: np.ndarray | None) -> np.ndarray:
-        """Ids of the segments `things` of `masks` (only their coarse grid is ever copied)."""
+        """Ids of the segments `things` of `masks` (only their coarse grid is ever made)."""
         config = self.config
-        count, (height, width) = things.size, masks.shape[1:]
+        count, (height, width) = things.size, masks.shape
         step = max(1, -(-max(height, width) // config.grid_cells))
-        coarse = masks[things, ::step, ::step]
+        coarse = masks.coarse(things, step)
         if coarse.shape[1:] != self._grid:  # a new image size: old masks cannot be compared
             self._grid = coarse.shape[1:]
             self._masks = np.zeros((config.max_tracks, *self._grid), bool)
@@ -222,6 +311,43 @@ class Tracker:
         self._appearance[slot] = blended / max(float(np.linalg.norm(blended)), 1e-12)
 
 
+class SegmentTracker:
+    """A camera's Tracker fed with the engine's results: sets `Segment.track_id`.
+
+    Classes are told apart by name, not by class id, so that a vocabulary swap (which renumbers
+    the classes) keeps every stuff id and costs no thing its identity. In semantic mode every
+    segment is all of one class in the image, so each is tracked as stuff: one id per class.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None, panoptic: bool = True) -> None:
+        self.tracker = Tracker(config)
+        self.panoptic = panoptic
+
+    @property
+    def needs_embeddings(self) -> bool:
+        """Things are matched by appearance too (panoptic only)."""
+        return self.panoptic
+
+    def track(self, result: Segmentation) -> Segmentation:
+        """`result` with every segment's track_id set (the other fields untouched)."""
+        segments = result.segments
+        ids = self.tracker.update_image(
+            result.instances, np.array([s.id for s in segments], np.int64),
+            np.array([class_key(s.label) for s in segments], np.int64),
+            np.array([s.is_thing and self.panoptic for s in segments], bool),
+            result.embeddings if self.panoptic else None)
+        tracked = [replace(s, track_id=int(i)) for s, i in zip(segments, ids, strict=True)]
+        return replace(result, segments=tracked)
+
+    def reset(self) -> None:
+        self.tracker.reset()
+
+
+def class_key(name: str) -> int:
+    """A class's identity for the tracker: the same for the same name in every vocabulary."""
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=7).digest(), "little")
+
+
 def _boxes(coarse: np.ndarray) -> np.ndarray:
     """(top, bottom, left, right) of each mask on the coarse grid, ends excluded; all 0 for an
     empty mask."""
@@ -249,14 +375,14 @@ def _intersections(coarse: np.ndarray, boxes: np.ndarray, track_masks: np.ndarra
     return shared
 
 
-def _centres(masks: np.ndarray, things: np.ndarray, coarse: np.ndarray, areas: np.ndarray,
-              step: int) -> np.ndarray:
+def _centres(masks: _Masks, things: np.ndarray, coarse: np.ndarray, areas: np.ndarray,
+             step: int) -> np.ndarray:
     """(x, y) centre of each mask in units of the image's long side; a mask too small for the
     coarse grid is measured at full resolution."""
     rows = (coarse.sum(axis=2) * (np.arange(coarse.shape[1]) * step + (step - 1) / 2)).sum(1)
     cols = (coarse.sum(axis=1) * (np.arange(coarse.shape[2]) * step + (step - 1) / 2)).sum(1)
     centres = np.stack([cols, rows], axis=1) / np.maximum(areas, 1.0)[:, None]
     for index in np.flatnonzero(areas == 0):
-        ys, xs = np.nonzero(masks[things[index]])
+        ys, xs = np.nonzero(masks.full(int(things[index])))
         centres[index] = (xs.mean(), ys.mean()) if xs.size else (0.0, 0.0)
-    return centres / max(masks.shape[1:])
+    return centres / max(masks.shape)

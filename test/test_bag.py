@@ -396,8 +396,8 @@ def test_a_killed_bag_run_and_a_killed_resumed_run_are_recovered_and_completed_i
     args, expected = _long_recording(tmp_path)
     folder = tmp_path / "cut"
     _kill_after_frames([*args, "--out", str(folder)], r"\b[3-9]/15\b")
-    assert sorted(path.name for path in folder.iterdir()) == [
-        "cut_0.mcap.partial", "cut_0.mcap.progress"]  # no finished file, no metadata.yaml
+    assert _left_by_a_stopped_run(folder) == [  # no finished file, no metadata.yaml
+        "cut_0.mcap.partial", "cut_0.mcap.progress"]
 
     stderr = _kill_after_frames([*args, "--out", str(folder), "--resume"], r"\b1[0-4]/15\b")
     first = int(re.search(r"recovered (\d+) messages that a stopped run wrote", stderr)[1])
@@ -411,6 +411,14 @@ def test_a_killed_bag_run_and_a_killed_resumed_run_are_recovered_and_completed_i
     assert first < second < len(expected)  # what the killed resumed run added was kept
     assert raw_messages(folder / "cut_0.mcap") == expected
     assert sorted(path.name for path in folder.iterdir()) == ["cut_0.mcap", "metadata.yaml"]
+
+
+def _left_by_a_stopped_run(folder: Path) -> list[str]:
+    """The files of `folder` but the trackers' state of the last checkpoint or two (checked)."""
+    names = sorted(path.name for path in folder.iterdir())
+    states = [name for name in names if re.fullmatch(r".*_0\.mcap\.tracks\.\d+", name)]
+    assert 1 <= len(states) <= 2, names
+    return [name for name in names if name not in states]
 
 
 def _limit_file_size(limit: int) -> Callable[[], None]:
@@ -435,8 +443,7 @@ def test_a_run_that_fails_part_way_is_never_complete_and_resume_finishes_it_iden
     last_line = failed.stderr.strip().splitlines()[-1]
     assert last_line.startswith("fcclip-ros bag: OSError") and "File too large" in last_line
     assert "run the same command with --resume" in last_line
-    assert sorted(path.name for path in folder.iterdir()) == [
-        "failed_0.mcap.partial", "failed_0.mcap.progress"]
+    assert _left_by_a_stopped_run(folder) == ["failed_0.mcap.partial", "failed_0.mcap.progress"]
 
     resumed = run_bag(*args, "--out", str(folder), "--resume")
     assert resumed.returncode == 0, resumed.stderr
@@ -882,3 +889,51 @@ def test_an_independent_rosbag2_reader_opens_the_output_and_decodes_every_messag
             decoded_per_topic[connection.topic] += 1
     assert dict(decoded_per_topic) == listed
     assert decoded_per_topic["/front/segmentation/segments"] == 2
+
+
+def _segments_per_frame(path: Path, namespace: str) -> list[list[tuple[int, int, int]]]:
+    """(segment id, class id, track id) of each frame's segments."""
+    return [[(s.id, s.class_id, s.track_id) for s in found.msg.segments]
+            for found in decoded(path, f"{namespace}/segments")]
+
+
+def test_bag_tracks_each_camera_in_log_order_and_identical_frames_keep_their_track_ids(
+        tmp_path):
+    from helpers.recorded_bag import image_topic, write_recorded_bag
+
+    photos = _photos()
+    recording = write_recorded_bag(tmp_path / "still.mcap", [
+        image_topic("/front/image", [photos[0]] * 4, START_NS, 100_000_000),
+        image_topic("/rear/image", [photos[1]] * 3 + [photos[2]], START_NS + 1, 100_000_000)])
+    args = [str(recording), *ENGINE_ARGS, "--cache-dir", str(tmp_path), "--outputs", "segments"]
+    assert run_bag(*args, "--out", str(tmp_path / "tracked")).returncode == 0
+    tracked = tmp_path / "tracked" / "tracked_0.mcap"
+    front = _segments_per_frame(tracked, "/front/segmentation")
+    rear = _segments_per_frame(tracked, "/rear/segmentation")
+    assert len(front) == 4 and len(rear) == 4 and front[0] and rear[0]
+    assert all(frame == front[0] for frame in front)  # the same segments, the same track ids
+    assert rear[1] == rear[2] == rear[0]
+    for frames in (front, rear):  # each camera its own tracker: ids from 1, one per segment
+        ids = [track for _, _, track in frames[0]]
+        assert min(ids) == 1 and len(set(ids)) == len(ids)
+    new_photo = {track for _, _, track in rear[3]} - {track for _, _, track in rear[0]}
+    assert min(new_photo) > max(track for _, _, track in rear[0])  # new objects, new ids
+
+    assert run_bag(*args, "--out", str(tmp_path / "untracked"), "--no-tracking").returncode == 0
+    untracked = tmp_path / "untracked" / "untracked_0.mcap"
+    assert _segments_per_frame(untracked, "/front/segmentation") == [
+        [(segment, class_id, 0) for segment, class_id, _ in frame] for frame in front]
+
+
+def test_resume_refuses_a_run_whose_trackers_state_was_lost(
+        tmp_path):
+    recording = tmp_path / "in.mcap"
+    write_recording(recording, raw_frames=4, compressed_frames=0)
+    args = [str(recording), *ENGINE_ARGS, "--cache-dir", str(tmp_path), "--short-side", "240"]
+    folder = tmp_path / "out"
+    _kill_after_frames([*args, "--out", str(folder)], r"\b[1-3]/4\b")
+    for state in folder.glob("*.tracks.*"):
+        state.unlink()
+    resumed = run_bag(*args, "--out", str(folder), "--resume")
+    assert resumed.returncode == 2
+    assert "lacks the trackers' state" in resumed.stderr.strip().splitlines()[-1]

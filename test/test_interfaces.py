@@ -25,6 +25,7 @@ def test_generated_interfaces_have_the_contract_fields():
             "center": "geometry_msgs/Point",
             "size": "geometry_msgs/Vector3",
             "depth_pixels": "uint32",
+            "track_id": "uint32",
         },
         SegmentArray: {
             "header": "std_msgs/Header",

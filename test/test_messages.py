@@ -5,6 +5,7 @@ and with the real messages where it is installed."""
 from __future__ import annotations
 
 import types
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -129,3 +130,23 @@ def test_label_info_maps_every_class_id_to_its_name_and_the_unlabeled_value(msgs
     info = label_info_message(vocabulary, HEADER, msgs)
     assert [(c.class_id, c.class_name) for c in info.class_map] == [
         (0, "coffee cup"), (1, "table"), (2, "floor"), (UNLABELED, "unlabeled")]
+
+
+@pytest.mark.parametrize("msgs", MODULES)
+def test_tracked_segments_name_their_object_by_track_id_in_every_output(msgs):
+    """The per-frame segment id stays in Segment.id; vision_msgs and marker ids are the track
+    id, so a consumer (and RViz) sees one object under one id from frame to frame."""
+    plain = arc_segmentation()
+    tracks = {segment.id: 1000 + 7 * segment.id for segment in plain.segments}
+    result = replace(plain, segments=[replace(s, track_id=tracks[s.id]) for s in plain.segments])
+    geometry = segment_geometry(result.instances, DEPTH, INTRINSICS)
+    assert [(s.id, s.track_id) for s in segments_message(HEADER, result).segments] == list(
+        tracks.items())
+    assert [d.id for d in detections_message(HEADER, result, msgs).detections] == [
+        str(tracks[s.id]) for s in result.segments]
+    assert [d.id for d in detections_3d_message(HEADER, result, geometry, msgs).detections] == [
+        str(tracks[s.id]) for s in result.segments[:-1]]
+    markers = markers_message(HEADER, result, geometry).markers[1:]
+    assert sorted({m.id for m in markers}) == sorted(tracks[s.id] for s in result.segments[:-1])
+    huge = replace(result, segments=[replace(s, track_id=2**31 + s.id) for s in result.segments])
+    assert {m.id for m in markers_message(HEADER, huge, geometry).markers[1:]} == set(geometry)

@@ -43,7 +43,6 @@ def test_every_default_has_its_settings_type_and_fits_its_choices_and_range():
             assert type(low) is type(high) is setting.type, setting.name
             assert low <= setting.default <= high, setting.name
         assert bool(setting.flag) == bool(setting.commands), setting.name
-        assert setting.type is not bool or not setting.flag, setting.name  # no bool flags yet
         assert not setting.separator or setting.type is tuple, setting.name
 
 
@@ -165,6 +164,25 @@ def test_command_help_is_the_settings_help(command, capsys):
     shown = squashed(capsys.readouterr().out)
     for setting in flags(command):
         assert squashed(setting.help) in shown, setting.flag
+
+
+def test_a_bool_setting_is_a_flag_pair_that_defaults_to_the_table():
+    parse = cli.build_parser().parse_args
+    assert parse(REQUIRED["bag"]).tracking is default("tracking") is True
+    assert parse([*REQUIRED["bag"], "--no-tracking"]).tracking is False
+    assert parse([*REQUIRED["bag"], "--tracking"]).tracking is True
+
+
+def test_the_tracker_config_defaults_are_the_tables():
+    from fcclip_ros.settings import TRACKER_SETTINGS
+    from fcclip_ros.tracking import TrackerConfig
+
+    config = TrackerConfig()
+    assert {name: getattr(config, field) for name, field in TRACKER_SETTINGS.items()} == {
+        name: default(name) for name in TRACKER_SETTINGS}
+    assert TrackerConfig.from_settings({name: default(name) for name in SETTINGS_BY_NAME}) == (
+        config)
+    assert TrackerConfig.from_settings({"tracking_min_iou": 0.5}).min_iou == 0.5
 
 
 def test_a_flag_outside_its_settings_range_is_refused_with_the_range(capsys):

@@ -31,6 +31,8 @@ def add_setting_flags(parser: argparse.ArgumentParser, command: str) -> None:
 
 def _options(setting: Setting) -> dict[str, Any]:
     options: dict[str, Any] = {"default": setting.default, "help": _help(setting)}
+    if setting.type is bool:
+        return options | {"action": argparse.BooleanOptionalAction}
     if setting.choices:
         options["choices"] = setting.choices
     if setting.type is tuple and not setting.separator:

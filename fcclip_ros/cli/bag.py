@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     from fcclip_ros.engine import Engine, EngineError, resolved_settings
     from fcclip_ros.settings import default
+    from fcclip_ros.tracking import TrackerConfig
 
     config = engine_config(args, "bag")
     try:
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
             depth_topics=tuple(args.depth_topics),
             camera_info_topics=tuple(args.camera_info_topics),
             depth_max_delay_s=args.depth_max_delay, points_stride=args.points_stride,
-            skip_damaged=args.skip_damaged)
+            skip_damaged=args.skip_damaged,
+            tracking=TrackerConfig.from_settings(vars(args)) if args.tracking else None)
         job = BagJob(args.input, args.out, options, settings, resume=args.resume)
         engine = Engine(config)
     except (BagError, EngineError) as error:

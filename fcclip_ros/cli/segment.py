@@ -46,6 +46,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         help="the colour camera's calibration YAML (ROS camera_info format); "
                         "needed with --depth. The IMAGE is taken as raw: its pixels are "
                         "undistorted with camera_matrix and distortion_coefficients")
+    parser.add_argument("--track", action="store_true",
+                        help="the IMAGEs are one sequence, in the order given (frames of one "
+                        "camera): give each segment a track id (track_id in the json) that the "
+                        "same object keeps from image to image; without it track_id is 0")
     parser.add_argument("--rectified", action="store_true",
                         help="the IMAGE is rectified: back-project with projection_matrix and "
                         "ignore the distortion")
@@ -57,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from fcclip_ros.engine import Engine, EngineError
     from fcclip_ros.frame_pipeline import FramePipeline, write_files
     from fcclip_ros.image_conversion import ImageConversionError
+    from fcclip_ros.tracking import SegmentTracker, TrackerConfig
 
     try:
         intrinsics = _depth_arguments(args)
@@ -64,8 +69,10 @@ def run(args: argparse.Namespace) -> int:
     except (EngineError, DepthError) as error:
         print(f"fcclip-ros segment: {error}", file=sys.stderr)
         return 2
+    tracker = SegmentTracker(TrackerConfig.from_settings(vars(args)),
+                             panoptic=engine.mode == "panoptic") if args.track else None
     pipeline = FramePipeline(engine.config.model, args.points_stride,
-                             max_input_pixels=args.max_input_pixels,
+                             max_input_pixels=args.max_input_pixels, tracker=tracker,
                              warn=lambda reason: print(reason, file=sys.stderr))
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
@@ -86,13 +93,14 @@ def run(args: argparse.Namespace) -> int:
                       file=sys.stderr)
                 failures += 1
         try:
-            result = engine.segment(rgb, with_confidence=False, with_embeddings=args.embeddings)
+            result = engine.segment(rgb, with_confidence=False,
+                                    with_embeddings=args.embeddings or pipeline.needs_embeddings)
         except EngineError as error:
             print(f"{path}: {error}", file=sys.stderr)
             failures += 1
             continue
         frame = pipeline.frame(None, rgb, result, depth)
-        write_files(args.out / path.stem, frame)
+        write_files(args.out / path.stem, frame, with_embeddings=args.embeddings)
         print(f"{path}: {len(result.segments)} segments -> {args.out / path.stem}_*")
     return 1 if failures else 0
 

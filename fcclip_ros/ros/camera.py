@@ -63,7 +63,7 @@ class Camera:
                  pipeline: dict[str, Any], depth_topic: str = "", info_topic: str = "",
                  depth_max_delay_s: float = 0.0) -> None:
         """`pipeline`: FramePipeline's settings (model, points_stride, style,
-        max_input_pixels)."""
+        max_input_pixels, tracker)."""
         self.index, self.topic = index, topic
         self._node = node
         self.source = f"{topic}/compressed" if compressed else topic
@@ -154,9 +154,12 @@ class Camera:
                 self.publishers[name].publish(build(state, stamp))
 
     def counts(self) -> dict[str, int]:
-        """For diagnostics: what was computed only on demand, and the 3D counters."""
+        """For diagnostics: what was computed only on demand, the 3D counters and the tracks
+        remembered."""
         counted = {OUTPUTS_BY_NAME[name].counted_as: count
                    for name, count in self.published_on_demand.items()}
+        if self.pipeline.tracker is not None:
+            counted["tracks"] = self.pipeline.tracker.tracker.track_count
         return counted | (self.pipeline.counts.as_dict() if self.depth_topic else {})
 
     def destroy(self) -> None:

@@ -79,7 +79,14 @@ def _segment(segment: Any, box: SegmentGeometry) -> Segment:
         center=_point(box.center),
         size=Vector3(x=box.size[0], y=box.size[1], z=box.size[2]),
         depth_pixels=box.depth_pixels,
+        track_id=segment.track_id,
     )
+
+
+def object_id(segment: Any) -> int:
+    """What names a segment's object in vision_msgs ids and marker ids: its track id, so that
+    consumers and RViz see the same object under the same id; the segment id when untracked."""
+    return segment.track_id or segment.id
 
 
 def embeddings_message(header: Any, result: Segmentation, model: str) -> SegmentEmbeddings:
@@ -125,6 +132,11 @@ def _point(xyz: tuple[float, float, float]) -> Point:
     return Point(x=xyz[0], y=xyz[1], z=xyz[2])
 
 
+def marker_id(segment: Any) -> int:
+    """Marker ids are int32: the object id, wrapped after 2**31 - 1."""
+    return object_id(segment) & 0x7FFFFFFF
+
+
 def markers_message(header: Any, result: Segmentation,
                     geometry: Mapping[int, SegmentGeometry]) -> MarkerArray:
     """For RViz: a translucent box in the class colour and a text label per segment with 3D;
@@ -136,7 +148,8 @@ def markers_message(header: Any, result: Segmentation,
             continue
         red, green, blue = (channel / 255 for channel in class_color(segment.label))
         markers.append(Marker(
-            header=header, ns="boxes", id=segment.id, type=Marker.CUBE, action=Marker.ADD,
+            header=header, ns="boxes", id=marker_id(segment), type=Marker.CUBE,
+            action=Marker.ADD,
             pose=Pose(position=_point(box.center), orientation=Quaternion(w=1.0)),
             scale=Vector3(x=max(box.size[0], 1e-3), y=max(box.size[1], 1e-3),
                           z=max(box.size[2], 1e-3)),
@@ -144,7 +157,7 @@ def markers_message(header: Any, result: Segmentation,
         ))
         above = (box.center[0], box.center[1] - box.size[1] / 2 - TEXT_HEIGHT_M, box.center[2])
         markers.append(Marker(
-            header=header, ns="labels", id=segment.id, type=Marker.TEXT_VIEW_FACING,
+            header=header, ns="labels", id=marker_id(segment), type=Marker.TEXT_VIEW_FACING,
             action=Marker.ADD, pose=Pose(position=_point(above), orientation=Quaternion(w=1.0)),
             scale=Vector3(z=TEXT_HEIGHT_M), color=ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0),
             text=f"{segment.label} {segment.score:.2f}",
@@ -161,13 +174,13 @@ def _hypotheses(types: Any, label: str, score: float,
 
 def detections_message(header: Any, result: Segmentation, types: ModuleType | Any = None) -> Any:
     """vision_msgs/Detection2DArray: per segment its box (centre and size, pixels), class name as
-    class_id, score, and segment id as id. `types`: the vision_msgs.msg module (default)."""
+    class_id, score, and object_id as id. `types`: the vision_msgs.msg module (default)."""
     types = types or vision_msgs
     detections = []
     for segment in result.segments:
         x, y, width, height = segment.bbox
         detections.append(types.Detection2D(
-            header=header, id=str(segment.id),
+            header=header, id=str(object_id(segment)),
             results=_hypotheses(types, segment.label, segment.score),
             bbox=types.BoundingBox2D(
                 center=types.Pose2D(
@@ -183,7 +196,7 @@ def detections_3d_message(header: Any, result: Segmentation,
                           geometry: Mapping[int, SegmentGeometry],
                           types: ModuleType | Any = None) -> Any:
     """vision_msgs/Detection3DArray: per segment with 3D its box (metres, the header's frame),
-    class name, score and segment id; the hypothesis pose is the box centre."""
+    class name, score and object id; the hypothesis pose is the box centre."""
     types = types or vision_msgs
     detections = []
     for segment in result.segments:
@@ -192,7 +205,7 @@ def detections_3d_message(header: Any, result: Segmentation,
             continue
         pose = Pose(position=_point(box.center), orientation=Quaternion(w=1.0))
         detections.append(types.Detection3D(
-            header=header, id=str(segment.id),
+            header=header, id=str(object_id(segment)),
             results=_hypotheses(types, segment.label, segment.score, PoseWithCovariance(pose=pose)),
             bbox=types.BoundingBox3D(center=pose, size=Vector3(
                 x=box.size[0], y=box.size[1], z=box.size[2])),

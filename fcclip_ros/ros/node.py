@@ -4,7 +4,7 @@
     configure:  parameters -> Engine (loads weights, encodes the vocabulary), publishers, services
     activate:   camera subscriptions and the inference worker
     deactivate: both stop; the model stays loaded
-    cleanup:    the model is freed
+    cleanup:    the model is freed and the cameras' tracks forgotten (their ids are not reused)
 
 Threads: the executor only stores each camera's newest frame (scheduling.FrameScheduler) and
 answers services, parameters and the diagnostics timer in their own callback groups; one worker
@@ -43,6 +43,7 @@ from fcclip_ros.ros.parameters import ConfigurationError
 from fcclip_ros.ros.query_service import QueryService
 from fcclip_ros.ros.vocabulary_interface import VocabularyInterface
 from fcclip_ros.scheduling import FrameScheduler
+from fcclip_ros.tracking import SegmentTracker, TrackerConfig
 from fcclip_ros.vocabulary import VocabularyError
 
 NODE_NAME = "fcclip"
@@ -65,6 +66,8 @@ class SegmenterNode(LifecycleNode):
 
         self.engine: Engine | None = None
         self.cameras: list[Camera] = []
+        # Per image topic, kept over cleanup (reset there) so that an id is never given twice.
+        self._trackers: dict[str, SegmentTracker] = {}
         self._scheduler: FrameScheduler | None = None
         self._worker: threading.Thread | None = None
         self._active = threading.Event()  # results are published only while set
@@ -108,7 +111,8 @@ class SegmenterNode(LifecycleNode):
         pipeline = {"model": values["model"], "points_stride": values["points_stride"],
                     "style": self._style, "max_input_pixels": values["max_input_pixels"]}
         self.cameras = [
-            Camera(self, index, topic, values["transport"] == "compressed", dict(pipeline),
+            Camera(self, index, topic, values["transport"] == "compressed",
+                   {**pipeline, "tracker": self._tracker(topic, values)},
                    depth_topics[index], info_topics[index], values["depth_max_delay_s"])
             for index, topic in enumerate(topics)
         ]
@@ -118,6 +122,12 @@ class SegmenterNode(LifecycleNode):
                           self._query.create_service(self._service_group)]
         self.engine.vocabulary.add_listener(self.vocabulary.publish)
         return super().on_configure(state)
+
+    def _tracker(self, topic: str, values: dict[str, Any]) -> SegmentTracker | None:
+        if not values["tracking"]:
+            return None
+        return self._trackers.setdefault(topic, SegmentTracker(
+            TrackerConfig.from_settings(values), panoptic=values["mode"] == "panoptic"))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Subscribe to the cameras and start the inference worker."""
@@ -184,6 +194,8 @@ class SegmenterNode(LifecycleNode):
             self._worker.join(timeout=timeout)
 
     def _release(self) -> None:
+        for tracker in self._trackers.values():
+            tracker.reset()
         for service in self._fcclip_services:
             self.destroy_service(service)
         for camera in self.cameras:
@@ -255,7 +267,8 @@ class SegmenterNode(LifecycleNode):
         results = self.engine.segment_batch(
             [rgb for _, _, rgb in decoded],
             [camera.wants("confidence") for camera, _, _ in decoded],
-            [keep or camera.wants("embeddings") for camera, _, _ in decoded],
+            [keep or camera.wants("embeddings") or camera.pipeline.needs_embeddings
+             for camera, _, _ in decoded],
         )
         elapsed = time.monotonic() - start
         frames = [

@@ -18,14 +18,17 @@ whole input writes metadata.yaml, last: that file is what marks an output comple
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import threading
+import zipfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import numpy as np
 import yaml
 from mcap.exceptions import McapError
 from mcap.reader import make_reader
@@ -46,11 +49,17 @@ from fcclip_ros.overlay import OverlayStyle
 from fcclip_ros.result import Segmentation
 from fcclip_ros.ros.bag.message_definitions import message_type_name
 from fcclip_ros.ros.bag.reader import IMAGE_TYPES, BagError, InputBag, Topic
-from fcclip_ros.ros.bag.resume import discard_killed_run, read_progress, recover_killed_run
+from fcclip_ros.ros.bag.resume import (
+    discard_killed_run,
+    read_progress,
+    read_tracks,
+    recover_killed_run,
+)
 from fcclip_ros.ros.bag.writer import (
     LATCHED_QOS,
     PROGRESS_RECORD,
     ROSBAG2_RECORD,
+    TRACKS_ATTACHMENT,
     OutputBag,
     output_files,
     write_rosbag2_metadata,
@@ -58,6 +67,7 @@ from fcclip_ros.ros.bag.writer import (
 from fcclip_ros.ros.messages import FRAME_MESSAGES, VOCABULARY_MESSAGES, message_class, vision_msgs
 from fcclip_ros.settings import default
 from fcclip_ros.topics import camera_info_topic, is_rectified_topic, output_namespace
+from fcclip_ros.tracking import SegmentTracker, TrackerConfig
 
 MAX_REPORTED_FAILURES = 5
 # A recorded colour frame waits for its depth until a depth stamped at or after it is read, or
@@ -83,6 +93,7 @@ class BagOptions:
     depth_max_delay_s: float = default("depth_max_delay_s")
     points_stride: int = default("points_stride")
     skip_damaged: bool = False  # skip unreadable chunks of the input (else: stop, resumable)
+    tracking: TrackerConfig | None = field(default_factory=TrackerConfig)  # None: track_id 0
     style: OverlayStyle = field(default_factory=OverlayStyle)
 
     def settings(self) -> dict[str, Any]:
@@ -169,6 +180,7 @@ class BagJob:
         self.pipelines: dict[str, FramePipeline] = {}  # per camera, made by run()
         self._restored_3d = ThreeDCounts()  # the 3D counts of the run being resumed
         self.recovered = ""  # what was recovered of a killed run, when resuming one
+        self._previous_tracks: bytes | None = None  # the trackers' state it ended with
         self._previous = self._check_output(resume)
         self.report = BagReport(frames_total=self._frames_total(),
                                 batch_size=options.batch_size)
@@ -319,6 +331,11 @@ class BagJob:
             if not files["metadata"].is_file():  # stopped between its last two steps
                 write_rosbag2_metadata(self.out)
             raise BagError(f"--resume: {path} is already complete")
+        self._previous_tracks = read_tracks(path)
+        if (self.options.tracking is not None and self._previous_tracks is None
+                and int(progress.get("frames_done", 0)) > 0):
+            raise BagError(f"--resume: {path} lacks the trackers' state, so its track ids could "
+                           "not go on; remove the folder and start again")
         return progress
 
     @property
@@ -333,11 +350,14 @@ class BagJob:
     def run(self, engine: Engine, on_frame: Callable[[int], None] = lambda _: None) -> BagReport:
         """Writes the output bag; `on_frame(n)` each time the frames handled reach n."""
         self._engine = engine
+        tracking = self.options.tracking
         self.pipelines = {
             camera: FramePipeline(
                 engine.config.model, self.options.points_stride, self.options.style,
                 self.depth[camera].source if camera in self.depth else None,
                 self.options.max_input_pixels,
+                tracker=None if tracking is None else SegmentTracker(
+                    tracking, panoptic=engine.mode == "panoptic"),
                 warn=lambda reason, camera=camera: self.report.note_depth(f"{camera}: {reason}"))
             for camera in self.cameras
         }
@@ -351,11 +371,11 @@ class BagJob:
             else:
                 skip = self._copy_previous(output, self._previous)
                 on_frame(self.report.frames_done)
-            output.checkpoint(self.report.counts())
+            output.checkpoint(self.report.counts(), self._tracks())
             self._process(output, engine, skip, on_frame)
             self.report.damaged = dict(self.source.damaged)
             output.close({**self._fingerprint, **self.report.counts(),
-                          "complete": str(not self.report.interrupted).lower()})
+                          "complete": str(not self.report.interrupted).lower()}, self._tracks())
         except Exception as error:
             output.abandon()
             reason = str(error) if isinstance(error, BagError) else (
@@ -380,7 +400,8 @@ class BagJob:
             if name not in (ROSBAG2_RECORD, PROGRESS_RECORD):
                 output.add_metadata(name, metadata)
         for attachment in self.source.attachments():
-            output.add_attachment(attachment)
+            if attachment.name != TRACKS_ATTACHMENT:
+                output.add_attachment(attachment)
 
     def _write_vocabulary(self, output: OutputBag, engine: Engine) -> None:
         """Once per camera, at the start of the recording: the node latches them the same way."""
@@ -406,7 +427,35 @@ class BagJob:
             setattr(self.report, count, int(progress.get(count, 0)))
         self._restored_3d = ThreeDCounts(**{name: getattr(self.report, name)
                                             for name in ThreeDCounts().as_dict()})
+        if self._previous_tracks is not None:
+            self._restore_tracks(self._previous_tracks)
         return self.report.messages_done
+
+    def _tracks(self) -> bytes | None:
+        """Every camera's tracker state, as an npz (None without tracking)."""
+        trackers = [p.tracker for p in self.pipelines.values() if p.tracker is not None]
+        if not trackers:
+            return None
+        arrays = {f"{index}.{name}": array for index, tracker in enumerate(trackers)
+                  for name, array in tracker.tracker.state().items()}
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
+
+    def _restore_tracks(self, data: bytes) -> None:
+        """The trackers as the earlier run left them (an npz: no pickle, no code runs)."""
+        trackers = [p.tracker for p in self.pipelines.values() if p.tracker is not None]
+        try:
+            with np.load(io.BytesIO(data), allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+            for index, tracker in enumerate(trackers):
+                prefix = f"{index}."
+                tracker.tracker.restore({name.removeprefix(prefix): array
+                                         for name, array in arrays.items()
+                                         if name.startswith(prefix)})
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            raise BagError(f"--resume: the trackers' state in {self.out} is unusable ({error}); "
+                           "remove the folder and start again") from error
 
     def _process(self, output: OutputBag, engine: Engine, skip: int,
                  on_frame: Callable[[int], None]) -> None:
@@ -509,7 +558,9 @@ class BagJob:
                 results = engine.segment_batch(
                     [entry.rgb for entry in frames],
                     with_confidence="confidence" in self.outputs_asked,
-                    with_embeddings="embeddings" in self.outputs_asked)
+                    with_embeddings=["embeddings" in self.outputs_asked
+                                     or self.pipelines[entry.topic.name].needs_embeddings
+                                     for entry in frames])
             except EngineInterruptedError:
                 return False
             except EngineError as error:
@@ -530,7 +581,7 @@ class BagJob:
         self.report.messages_done += len(entries)
         self.report.frames_done += sum(entry.selected for entry in entries)
         if any(entry.selected for entry in entries):  # not per message of a busy IMU topic
-            output.checkpoint(self.report.counts())
+            output.checkpoint(self.report.counts(), self._tracks())
         return True
 
     def _decode(self, entry: _Entry) -> str | None:

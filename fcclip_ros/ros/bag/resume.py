@@ -16,13 +16,21 @@ from mcap.stream_reader import StreamReader
 from mcap.writer import Writer
 
 from fcclip_ros.ros.bag.reader import BagError
-from fcclip_ros.ros.bag.writer import PROGRESS_RECORD, output_files
+from fcclip_ros.ros.bag.writer import (
+    PROGRESS_RECORD,
+    TRACKS_ATTACHMENT,
+    TRACKS_MEDIA_TYPE,
+    output_files,
+    remove_tracks_files,
+    tracks_file,
+)
 
 
 def recover_killed_run(folder: Path) -> int | None:
     """Finishes what a killed run left in `folder` (a partial MCAP without summary, and its
     checkpoint log): the messages up to its last checkpoint that the file holds whole, with
-    that checkpoint as the progress record (so --resume continues from there). Returns how many
+    that checkpoint as the progress record and its trackers' state (so --resume continues from
+    there). Returns how many
     messages were kept; None when no killed run is there; BagError when one is but nothing it
     wrote is usable. Safe to run again if it is itself killed."""
     files = output_files(folder)
@@ -39,6 +47,7 @@ def recover_killed_run(folder: Path) -> int | None:
                        "the folder and start again")
     last = usable[-1]
     keep = last.pop("messages_written")
+    tracks = tracks_file(folder, keep)
     with files["repair"].open("wb") as stream:
         writer = Writer(stream)
         writer.start(profile="ros2", library="fcclip_ros bag")
@@ -65,11 +74,14 @@ def recover_killed_run(folder: Path) -> int | None:
                     dict(channel.metadata))
             writer.add_message(channel_ids[channel.id], record.log_time, record.data,
                                record.publish_time, record.sequence)
+        if tracks.is_file():
+            writer.add_attachment(0, 0, TRACKS_ATTACHMENT, TRACKS_MEDIA_TYPE, tracks.read_bytes())
         writer.add_metadata(PROGRESS_RECORD, {**header, **last, "complete": "false"})
         writer.finish()
     os.replace(files["repair"], files["mcap"])
     files["killed"].unlink()
     files["killed_progress"].unlink()
+    remove_tracks_files(folder)
     return keep
 
 
@@ -78,6 +90,7 @@ def discard_killed_run(folder: Path) -> None:
     files = output_files(folder)
     for kind in ("partial", "progress", "killed", "killed_progress", "repair"):
         files[kind].unlink(missing_ok=True)
+    remove_tracks_files(folder)
 
 
 def _read_checkpoints(path: Path) -> tuple[dict[str, str] | None, list[dict[str, Any]]]:
@@ -119,6 +132,15 @@ def _whole_records(path: Path) -> Iterator[tuple[Message | Metadata | Attachment
                 yield record, schemas.get(channel.schema_id), channel
             elif isinstance(record, (Metadata, Attachment)):
                 yield record, None, None
+
+
+def read_tracks(path: Path) -> bytes | None:
+    """The trackers' state that an unfinished file ends with, or None."""
+    with path.open("rb") as stream:
+        for attachment in make_reader(stream).iter_attachments():
+            if attachment.name == TRACKS_ATTACHMENT:
+                return attachment.data
+    return None
 
 
 def read_progress(path: Path) -> dict[str, str] | None:

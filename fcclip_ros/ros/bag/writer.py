@@ -28,6 +28,10 @@ from fcclip_ros.ros.bag.message_definitions import (
 from fcclip_ros.ros.bag.reader import BagError
 
 PROGRESS_RECORD = "fcclip_ros.bag"
+# The trackers' state (an npz, fcclip_ros.tracking.Tracker.state() per camera) at the end of an
+# unfinished file: an attachment, so that --resume tracks on with the same ids.
+TRACKS_ATTACHMENT = "fcclip_ros.tracks"
+TRACKS_MEDIA_TYPE = "application/x-npz"
 ROSBAG2_RECORD = "rosbag2"  # rosbag2's own description of the bag (its MCAP storage plugin)
 METADATA_VERSION = 9  # the metadata.yaml version rosbag2 writes since Jazzy
 # The QoS a topic is replayed with, as rosbag2 (version 9) writes offered_qos_profiles: reliable,
@@ -52,13 +56,29 @@ def output_files(folder: Path) -> dict[str, Path]:
                 "partial", "progress", "killed", "killed_progress", "repair")}}
 
 
-def replace_atomically(path: Path, text: str) -> None:
-    """Write `text` to `path` so that a reader sees the old file or the whole new one."""
+def tracks_file(folder: Path, messages_written: int) -> Path:
+    """The trackers' state at the checkpoint after `messages_written` messages."""
+    path = output_files(folder)["mcap"]
+    return path.with_name(f"{path.name}.tracks.{messages_written}")
+
+
+def remove_tracks_files(folder: Path, keep: Path | None = None) -> None:
+    """Every checkpoint's tracker state but `keep`."""
+    path = output_files(folder)["mcap"]
+    for found in folder.glob(f"{path.name}.tracks.*"):
+        if found != keep:
+            found.unlink(missing_ok=True)
+
+
+def replace_atomically(path: Path, data: str | bytes, durable: bool = True) -> None:
+    """Write `data` to `path` so that a reader sees the old file or the whole new one; `durable`:
+    also after a power cut (fsync), not only after a kill."""
     temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w") as stream:
-        stream.write(text)
+    with temporary.open("w" if isinstance(data, str) else "wb") as stream:
+        stream.write(data)
         stream.flush()
-        os.fsync(stream.fileno())
+        if durable:
+            os.fsync(stream.fileno())
     os.replace(temporary, path)
 
 
@@ -78,6 +98,8 @@ class OutputBag:
         self.path = self._files["mcap"]
         self.ros_distro = ros_distro
         folder.mkdir(parents=True, exist_ok=True)
+        remove_tracks_files(folder)  # a recovery that was stopped may have left some
+        self._tracks: Path | None = None  # the last checkpoint's tracker state
         self._log = self._files["progress"].open("w")
         self._log.write(json.dumps(header) + "\n")
         self._stream = self._files["partial"].open("wb")
@@ -151,20 +173,31 @@ class OutputBag:
         encode = self._encoders[self._topic_types[topic]]
         self.write(topic, encode(_PlainArrays(msg)), log_time, log_time)
 
-    def checkpoint(self, progress: dict[str, str]) -> None:
-        """Logs that the messages written so far hold `progress`. The MCAP chunk in progress
-        is finished first, and both files are handed to the operating system: a killed process
-        loses nothing up to here (a power cut may)."""
+    def checkpoint(self, progress: dict[str, str], tracks: bytes | None = None) -> None:
+        """Logs that the messages written so far hold `progress` (and the trackers `tracks`,
+        in a file of the checkpoint's own). The MCAP chunk in progress is finished first, and
+        every file is handed to the operating system: a killed process loses nothing up to
+        here (a power cut may)."""
         self._writer.flush()
         self._stream.flush()
-        self._log.write(json.dumps({"messages_written": sum(self.counts.values()),
-                                    **progress}) + "\n")
+        written = sum(self.counts.values())
+        if tracks is not None:
+            state = tracks_file(self.folder, written)
+            replace_atomically(state, tracks, durable=False)  # as durable as the log
+        self._log.write(json.dumps({"messages_written": written, **progress}) + "\n")
         self._log.flush()
+        if tracks is not None:  # the previous state is needed until this line is logged
+            if self._tracks not in (None, state):
+                self._tracks.unlink(missing_ok=True)
+            self._tracks = state
 
-    def close(self, progress: dict[str, str]) -> None:
+    def close(self, progress: dict[str, str], tracks: bytes | None = None) -> None:
         """Finish the MCAP with its summary, rosbag2's description and the run's progress
-        record, and put it in place. A complete run then gets its metadata.yaml, as the very
-        last step: a folder with one is a finished bag."""
+        record (and, unfinished, the trackers' state `tracks`), and put it in place. A complete
+        run then gets its metadata.yaml, as the very last step: a folder with one is a
+        finished bag."""
+        if tracks is not None and progress.get("complete") != "true":
+            self._writer.add_attachment(0, 0, TRACKS_ATTACHMENT, TRACKS_MEDIA_TYPE, tracks)
         self._writer.add_metadata(ROSBAG2_RECORD, {"serialized_metadata": yaml.safe_dump(
             self._describe(), sort_keys=False)})
         self._writer.add_metadata(PROGRESS_RECORD, progress)
@@ -177,6 +210,7 @@ class OutputBag:
             write_rosbag2_metadata(self.folder)
         self._log.close()
         self._files["progress"].unlink()
+        remove_tracks_files(self.folder)
 
     def abandon(self) -> None:
         """After a failure: close the files as they are, for `--resume` to recover."""
