@@ -46,6 +46,7 @@ OVERRIDES = (
     "device",
     "input_short_side",
     "autostart",
+    "tracking",
 )
 OTHER_ARGUMENTS = {
     "image_topic": "one camera topic (same as image_topics:=<topic>)",
