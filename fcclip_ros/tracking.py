@@ -163,6 +163,7 @@ class Tracker:
         live = np.flatnonzero(self._ids)
         return {
             "counters": np.array([self._next_id, self._frame], np.int64),
+            "max_tracks": np.array(self.config.max_tracks, np.int64),
             "grid": np.array(self._grid or (0, 0), np.int64),
             "slots": live.astype(np.int64),
             **{name: getattr(self, f"_{name}")[live] for name in _SLOT_ARRAYS},
@@ -178,6 +179,8 @@ class Tracker:
             restored._next_id, restored._frame = (int(v) for v in np.reshape(state["counters"], 2))
             grid = tuple(int(v) for v in np.reshape(state["grid"], 2))
             slots = np.asarray(state["slots"], np.int64).reshape(-1)
+            if int(state["max_tracks"]) != capacity:  # slots and eviction depend on it
+                raise ValueError(f"made with max_tracks {int(state['max_tracks'])}")
             if (np.unique(slots).size != slots.size or restored._next_id < 1
                     or not np.all((slots >= 0) & (slots < capacity))):
                 raise ValueError("slots or counters out of range")
@@ -195,7 +198,9 @@ class Tracker:
                 column[slots] = values
             if np.any(restored._ids[slots] == 0):
                 raise ValueError("a track without an id")
-            stuff = np.asarray(state["stuff"], np.int64).reshape(-1, 2)[:capacity]
+            stuff = np.asarray(state["stuff"], np.int64).reshape(-1, 2)
+            if len(stuff) > capacity:
+                raise ValueError(f"{len(stuff)} stuff classes")
             restored._stuff = OrderedDict((int(key), int(value)) for key, value in stuff)
         except (KeyError, IndexError, TypeError, ValueError) as error:
             raise ValueError(f"the tracker state does not fit this tracker: {error}") from error

@@ -689,7 +689,9 @@ def test_bag_writes_vision_msgs_where_importable_and_says_why_not_elsewhere(tmp_
     assert [len(m.msg.detections) for m in detections] == [len(m.msg.segments) for m in segments]
     assert [m.log_time for m in detections_3d] == [m.log_time for m in segments[:3]]
     for frame, found in zip(segments, detections, strict=True):
-        assert [d.id for d in found.msg.detections] == [str(s.id) for s in frame.msg.segments]
+        assert [d.id for d in found.msg.detections] == [  # the track ids: tracking is on
+            str(s.track_id) for s in frame.msg.segments]
+        assert all(s.track_id for s in frame.msg.segments)
         assert [d.results[0].hypothesis.class_id for d in found.msg.detections] == [
             s.label for s in frame.msg.segments]
     (label_info,) = decoded(result_path, "/rgbd/color/segmentation/label_info")

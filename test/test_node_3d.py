@@ -167,17 +167,19 @@ def test_markers_hold_a_box_and_a_name_per_segment_with_depth(peer, rgbd):
     assert peer.spin_until(lambda: any(
         m.markers and m.markers[0].header == msg.header for m in outputs.markers), 10.0)
     markers = next(m for m in outputs.markers if m.markers[0].header == msg.header).markers
-    with_depth = {s.id: s for s in frame["segments"].segments if s.depth_pixels}
+    # marker ids are the track ids (tracking is on by default), so RViz keeps an object's box
+    with_depth = {s.track_id: s for s in frame["segments"].segments if s.depth_pixels}
+    assert all(with_depth)
     boxes = {m.id: m for m in markers if m.ns == "boxes"}
     assert set(boxes) == set(with_depth)
-    for segment_id, box in boxes.items():
-        center = with_depth[segment_id].center
+    for track_id, box in boxes.items():
+        center = with_depth[track_id].center
         assert (box.pose.position.x, box.pose.position.y, box.pose.position.z) == pytest.approx(
             (center.x, center.y, center.z))
     texts = {m.id: m.text for m in markers if m.ns == "labels"}
     assert set(texts) == set(with_depth)
-    for segment_id, text in texts.items():
-        assert text.startswith(with_depth[segment_id].label)
+    for track_id, text in texts.items():
+        assert text.startswith(with_depth[track_id].label)
 
 
 def test_depth_arriving_after_its_colour_frame_still_pairs_with_the_same_stamp(peer, rgbd):
@@ -291,7 +293,7 @@ def test_vision_msgs_detections_match_the_segments_over_dds(peer, rgbd):
     segments = frame["segments"].segments
     detections = frame["detections"].detections
     assert frame["detections"].header == msg.header
-    assert [d.id for d in detections] == [str(s.id) for s in segments]
+    assert [d.id for d in detections] == [str(s.track_id) for s in segments]  # tracking on
     for detection, segment in zip(detections, segments, strict=True):
         [hypothesis] = detection.results
         assert hypothesis.hypothesis.class_id == segment.label
@@ -299,10 +301,10 @@ def test_vision_msgs_detections_match_the_segments_over_dds(peer, rgbd):
         assert detection.bbox.size_x == segment.bbox.width
         assert detection.bbox.center.position.x == segment.bbox.x_offset + segment.bbox.width / 2
     boxes = {d.id: d.bbox for d in frame["detections_3d"].detections}
-    assert set(boxes) == {str(s.id) for s in segments if s.depth_pixels}
+    assert set(boxes) == {str(s.track_id) for s in segments if s.depth_pixels}
     for segment in segments:
         if segment.depth_pixels:
-            center = boxes[str(segment.id)].center.position
+            center = boxes[str(segment.track_id)].center.position
             assert (center.x, center.y, center.z) == pytest.approx(
                 (segment.center.x, segment.center.y, segment.center.z))
 
