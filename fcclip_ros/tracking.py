@@ -144,7 +144,9 @@ class Tracker:
         class_ids = np.asarray(class_ids, np.int64).reshape(count)
         is_thing = np.asarray(is_thing, bool).reshape(count)
         if embeddings is not None:
-            embeddings = np.asarray(embeddings, np.float32).reshape(count, -1)
+            embeddings = np.asarray(embeddings, np.float32)
+            if embeddings.ndim != 2 or len(embeddings) != count:
+                raise ValueError(f"embeddings of shape {embeddings.shape} for {count} segments")
         self._frame += 1
         self._expire()
         ids = np.zeros(count, np.uint32)

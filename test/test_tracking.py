@@ -55,6 +55,19 @@ def test_ids_start_at_1_and_are_uint32():
     assert ids.tolist() == [1, 2]
 
 
+def test_a_frame_without_segments_is_a_frame_also_with_an_empty_embedding_array():
+    tracker = Tracker(TrackerConfig(max_lost_frames=1))
+    [first] = step(tracker, (box(0, 0), 1, True, A))
+    empty = np.zeros((0, SIZE, SIZE), bool)
+    no_embeddings = np.zeros((0, A.size), np.float32)  # what the engine gives for no segment
+    assert tracker.update(empty, [], [], no_embeddings).tolist() == []
+    assert tracker.update_image(np.zeros((SIZE, SIZE), np.uint16), [], [], [],
+                                no_embeddings).tolist() == []
+    assert step(tracker, (box(0, 0), 1, True, A)) != [first]  # two frames missed: expired
+    with pytest.raises(ValueError, match="for 1 segments"):
+        tracker.update(np.array([box(0, 0)]), [1], [True], no_embeddings)
+
+
 def test_identical_frames_keep_their_ids():
     tracker = Tracker()
     frame = [(box(0, 0), 1, True, A), (box(50, 50), 2, True, B), (box(0, 60, 30), 9, False, C)]
