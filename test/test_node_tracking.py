@@ -1,5 +1,5 @@
 """Track ids end to end: the real node process over real DDS, fed the same real photo frame after
-frame from this process, with tracking on (namespace /tracking) and off (/untracked).
+frame from this process, with tracking on (namespace /trk_on) and off (/trk_off).
 
 Both nodes start together once for the module (start-up is what is slow here). The tests do not
 depend on their order: the lifecycle restarts leave the tracking node active.
