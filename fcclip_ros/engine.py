@@ -46,7 +46,12 @@ from fcclip_ros.preprocess import padded_input_size, prepare_batch
 from fcclip_ros.result import Segmentation
 from fcclip_ros.settings import MODES, PRECISIONS, default
 from fcclip_ros.text_embeddings import TextEmbedder, TextQueries
-from fcclip_ros.vocabulary import ActiveVocabulary, Vocabulary, VocabularyError, VocabularyState
+from fcclip_ros.vocabulary import (
+    ActiveVocabulary,
+    VocabularyError,
+    VocabularySpec,
+    VocabularyState,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +84,8 @@ class EngineConfig:
     cache_dir: str | None = None  # None (or the parameter's ""): the default cache
     vocabulary: tuple[str, ...] = default("vocabulary")  # empty: the preset
     vocabulary_preset: str = default("vocabulary_preset")
+    negative_vocabulary: tuple[str, ...] = default("negative_vocabulary")
+    class_thresholds: tuple[str, ...] = default("class_thresholds")  # "NAME=VALUE" entries
     seed: int = 0  # for random weights
     max_input_pixels: int = default("max_input_pixels")
     backend: str = default("backend")
@@ -267,13 +274,15 @@ class Engine:
             cache_dir=cache_dir,
             device=self.device,
         )
-        preset = None if config.vocabulary else config.vocabulary_preset
         try:
-            initial = Vocabulary.from_request(config.vocabulary or None, preset)
+            initial = VocabularySpec.from_settings(config.vocabulary, config.vocabulary_preset,
+                                                   config.negative_vocabulary,
+                                                   config.class_thresholds)
         except VocabularyError as error:
             raise EngineError(f"initial vocabulary: {error}") from error
         self.vocabulary = ActiveVocabulary(self.text_embedder, initial)
-        self._is_thing: tuple[int, torch.Tensor] | None = None  # (version, flags on device)
+        # (version, thing flags, class thresholds) on the device, for the vocabulary in force
+        self._class_tensors: tuple[int, torch.Tensor, torch.Tensor] | None = None
 
     def _exported_network(self, config: EngineConfig) -> ExportedNetwork:
         """The ONNX Runtime / OpenVINO forward; artifacts come from <cache_dir>/exported/."""
@@ -391,7 +400,8 @@ class Engine:
         with self._run_lock, torch.inference_mode():
             outputs = self.forward(batch.tensor, state.classifier, any(with_embeddings))
             mask_logits, class_logits = outputs[0].float(), outputs[1].float()
-            is_thing = self._thing_flags(state)
+            is_thing, class_thresholds = self._class_flags(state)
+            reported = len(state.vocabulary)  # the negative classes follow, never reported
             padded_size = tuple(batch.tensor.shape[-2:])
             results = []
             for i in range(len(batch)):
@@ -402,12 +412,12 @@ class Engine:
                 if self.mode == "panoptic":
                     panoptic = panoptic_inference(class_logits[i], masks, is_thing,
                                                   object_mask_threshold, overlap_threshold,
-                                                  region_embeddings)
+                                                  region_embeddings, class_thresholds, reported)
                     result = to_segmentation(panoptic, state.vocabulary.names, with_confidence[i])
                 else:
                     semantic = semantic_inference(class_logits[i], masks, region_embeddings)
                     result = semantic_to_segmentation(semantic, state.vocabulary.names, is_thing,
-                                                      with_confidence[i])
+                                                      with_confidence[i], reported)
                 result.vocabulary_version = state.version
                 results.append(result)
         return results
@@ -430,9 +440,14 @@ class Engine:
         with numerics:
             return self.model(images, classifier, with_region_embeddings=with_region_embeddings)
 
-    def _thing_flags(self, state: VocabularyState) -> torch.Tensor:
-        cached = self._is_thing
+    def _class_flags(self, state: VocabularyState) -> tuple[torch.Tensor, torch.Tensor]:
+        """Thing flags and thresholds (0: the global one) of every classified class, the
+        negatives included (their thresholds are the global one), made once per version."""
+        cached = self._class_tensors
         if cached is None or cached[0] != state.version:
-            flags = torch.tensor(state.vocabulary.is_thing, dtype=torch.bool, device=self.device)
-            cached = self._is_thing = (state.version, flags)
-        return cached[1]
+            spec = state.spec
+            flags = torch.tensor(spec.is_thing, dtype=torch.bool, device=self.device)
+            thresholds = torch.zeros(len(flags), device=self.device)
+            thresholds[: len(spec.vocabulary)] = torch.tensor(spec.aligned_thresholds)
+            cached = self._class_tensors = (state.version, flags, thresholds)
+        return cached[1], cached[2]

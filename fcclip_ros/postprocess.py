@@ -231,13 +231,18 @@ def panoptic_inference(
     object_mask_threshold: float = 0.0,
     overlap_threshold: float = 0.8,
     region_embeddings: torch.Tensor | None = None,
+    class_thresholds: torch.Tensor | None = None,
+    reported_classes: int | None = None,
 ) -> PanopticResult:
     """Official panoptic merging of (Q, C+1) class logits and the queries' masks.
 
     Queries whose best class is not void and whose probability exceeds `object_mask_threshold`
-    compete per pixel on probability x sigmoid(mask). A query becomes a segment where it wins and
+    (or their class's entry of the (C,) `class_thresholds`, where that is not 0) compete per
+    pixel on probability x sigmoid(mask). A query becomes a segment where it wins and
     its own sigmoid is >= 0.5, if that region is not empty and it wins at least
     `overlap_threshold` of its own mask; stuff queries of one class share one segment.
+    Classes from `reported_classes` on (negative classes) compete like the others, but their
+    queries yield no segment: the pixels they win stay without one.
     Only those queries' masks are upsampled, a chunk at a time, into a running per-pixel winner.
     With the queries' (Q, D) `region_embeddings`, each segment also gets an embedding (module
     docstring).
@@ -245,7 +250,14 @@ def panoptic_inference(
     num_classes = class_logits.shape[-1] - 1
     _check_is_thing(is_thing, num_classes)
     scores, labels = F.softmax(class_logits, dim=-1).max(-1)
-    kept = (labels.ne(num_classes) & (scores > object_mask_threshold)).nonzero().flatten()
+    threshold = torch.full_like(scores, object_mask_threshold)
+    if class_thresholds is not None:
+        if class_thresholds.shape != (num_classes,):
+            raise ValueError(f"class_thresholds needs one value per class ({num_classes}), got "
+                             f"{tuple(class_thresholds.shape)}")
+        own = F.pad(class_thresholds.to(scores), (0, 1))[labels]  # void: 0, the global one
+        threshold = torch.where(own > 0, own, threshold)
+    kept = (labels.ne(num_classes) & (scores > threshold)).nonzero().flatten()
     scores, labels = scores[kept], labels[kept]  # (K,) each, in query order
     height, width = masks.original_size
     device = class_logits.device
@@ -281,6 +293,7 @@ def panoptic_inference(
     final_area = torch.bincount(owner[in_own_mask], minlength=num_kept)
     won, own, final = torch.stack([won_area, mask_area, final_area]).tolist()
     thing_of_class = is_thing.tolist()
+    reported = num_classes if reported_classes is None else reported_classes
 
     segment_of_query = [0] * num_kept  # 0: the query yields no segment
     classes: list[int] = []
@@ -289,7 +302,7 @@ def panoptic_inference(
     stuff_segment: dict[int, int] = {}  # stuff class -> its segment id
     for k, (class_id, score) in enumerate(zip(labels.tolist(), scores.tolist(), strict=True)):
         # The official code also requires won and own > 0; final > 0 implies both.
-        if final[k] == 0 or won[k] / own[k] < overlap_threshold:
+        if final[k] == 0 or won[k] / own[k] < overlap_threshold or class_id >= reported:
             continue
         segment_id = len(classes) + 1
         if not thing_of_class[class_id]:
@@ -354,19 +367,24 @@ def semantic_to_segmentation(
     class_names: Sequence[str],
     is_thing: torch.Tensor,
     with_confidence: bool = False,
+    reported_classes: int | None = None,
 ) -> Segmentation:
     """The published form of a semantic result.
 
     Every pixel gets its argmax class; each class present is one segment, ids 1.. in ascending
     class id. Confidence = the argmax score's share of the pixel's summed scores (0..1); a
     segment's score is the mean confidence over its pixels. Embeddings when the result has them.
+    Pixels of classes from `reported_classes` on (negative classes) are left unlabeled, with
+    confidence 0 and no segment.
     """
     num_classes = semantic.num_classes
     _check_is_thing(is_thing, num_classes)
-    confidence = semantic.confidence
+    reported = num_classes if reported_classes is None else reported_classes
     labels = semantic.labels.flatten()
     device = labels.device
+    confidence = torch.where(semantic.labels < reported, semantic.confidence, 0.0)
     pixels = torch.bincount(labels, minlength=num_classes)
+    pixels[reported:] = 0  # negative classes: no segment
     classes = (pixels > 0).nonzero().flatten()  # (N,) present classes, ascending
     id_of_class = torch.zeros(num_classes, dtype=torch.long, device=device)
     id_of_class[classes] = torch.arange(1, classes.numel() + 1, device=device)
@@ -382,7 +400,8 @@ def semantic_to_segmentation(
         [bool(thing_of_class[c]) for c in class_list],
         class_names,
         confidence if with_confidence else None,
-        semantic.embeddings,
+        # Rows of the present classes, ascending: the negatives' come last.
+        None if semantic.embeddings is None else semantic.embeddings[: classes.numel()],
     )
 
 

@@ -39,6 +39,7 @@ class Setting:
     flag: str = ""  # e.g. "--short-side"
     commands: tuple[str, ...] = ()  # the fcclip-ros commands that take the flag
     separator: str = ""  # an array flag given as one string split at this; "": one word each
+    repeated: bool = False  # an array flag given once per entry (e.g. --class-threshold a=0.5)
 
     @property
     def dest(self) -> str:
@@ -145,6 +146,23 @@ SETTINGS: tuple[Setting, ...] = (
         _text("Built-in vocabulary, used while the class list is empty. Setting it at runtime",
               "swaps to it and clears `vocabulary`."),
         tunable=True, choices=PRESETS, flag="--preset", commands=OFFLINE,
+    ),
+    Setting(
+        "negative_vocabulary", tuple, (),
+        _text('Negative classes, written like classes ("name" or "name, synonym, ..."): they',
+              "compete in classification, and what they win is left unlabeled, with no segment",
+              '(e.g. "poster, picture" beside "person"). None may share a synonym with a class.',
+              "Setting it at runtime swaps the vocabulary."),
+        tunable=True, flag="--negative", commands=OFFLINE, separator=";",
+    ),
+    Setting(
+        "class_thresholds", tuple, (),
+        _text("Panoptic: NAME=VALUE entries, NAME a class's name (its first synonym): that",
+              "class's queries whose probability is not above VALUE are dropped, in place of",
+              "object_mask_threshold (0: that one). Names, not a list aligned with the classes,",
+              "so an entry keeps its meaning when classes are added; a vocabulary change that",
+              "removes a named class is refused until its entry goes."),
+        tunable=True, flag="--class-threshold", commands=OFFLINE, repeated=True,
     ),
     Setting(
         "object_mask_threshold", float, 0.0,

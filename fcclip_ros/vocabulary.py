@@ -15,13 +15,20 @@ A class is *seen* (trained on) when one of its synonyms is exactly a synonym of 
 preset, FC-CLIP's training vocabulary; the geometric ensemble weighs seen and unseen classes
 differently.
 
+Vocabulary control (``VocabularySpec``): *negative* classes are encoded like classes and compete
+in classification, but what they win is never reported (their pixels are unlabeled); a *class
+threshold* replaces the global object_mask_threshold for one class (0: the global one). On the node
+and the CLI a threshold is written ``NAME=VALUE`` with the class's name (its first synonym); the
+service takes a list aligned with the classes.
+
 ``ActiveVocabulary`` holds the vocabulary in force as one immutable snapshot, so a frame loop reads
-classes, embeddings, seen mask and version together without taking a lock.
+classes, negatives, thresholds, embeddings, seen mask and version together without taking a lock.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import time
@@ -209,18 +216,172 @@ class Vocabulary:
 
 
 @dataclass(frozen=True)
+class VocabularySpec:
+    """What frames are segmented with: the classes, the negative classes and the per-class
+    thresholds, validated together so that a swap installs all three or none.
+
+    ``negatives`` (None: none) are classified beside the classes, after them, but never reported.
+    ``thresholds`` is empty (every class uses the global threshold) or one value in [0, 1] per
+    class, where 0 means the global threshold.
+    """
+
+    vocabulary: Vocabulary
+    negatives: Vocabulary | None = None
+    thresholds: tuple[float, ...] = ()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        if self.thresholds and len(self.thresholds) != len(self.vocabulary):
+            raise VocabularyError(
+                f"{len(self.thresholds)} class thresholds given for {len(self.vocabulary)} "
+                "classes: give one per class (0 = the global threshold), or none"
+            )
+        for index, value in enumerate(self.thresholds):
+            if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+                raise VocabularyError(
+                    f"class threshold {value:g} of class {index} "
+                    f"({self.vocabulary.names[index]!r}) is outside 0..1"
+                )
+        if not any(self.thresholds):  # all global: the same as none
+            object.__setattr__(self, "thresholds", ())
+        if self.negatives is not None:
+            _check_count(len(self.vocabulary) + len(self.negatives))
+            _refuse_negatives_among_classes(self.vocabulary, self.negatives)
+
+    @classmethod
+    def from_request(
+        cls,
+        entries: Sequence[str] | None = None,
+        preset: str | None = None,
+        negatives: Sequence[str] = (),
+        thresholds: Sequence[float] = (),
+    ) -> VocabularySpec:
+        """A SetVocabulary request: classes or a preset, negative entries and aligned thresholds
+        (all zero, like an empty list, means the global threshold for every class)."""
+        vocabulary = Vocabulary.from_request(entries, preset)
+        return cls(vocabulary, negative_vocabulary(negatives), tuple(thresholds))
+
+    @classmethod
+    def from_settings(
+        cls,
+        entries: Sequence[str],
+        preset: str,
+        negatives: Sequence[str],
+        threshold_entries: Sequence[str],
+    ) -> VocabularySpec:
+        """The node parameters or CLI flags: a non-empty class list wins over the preset;
+        thresholds are "NAME=VALUE" entries."""
+        vocabulary = Vocabulary.from_request(entries or None, None if entries else preset)
+        return cls(vocabulary, negative_vocabulary(negatives),
+                   thresholds_by_name(vocabulary, threshold_entries))
+
+    @property
+    def threshold_entries(self) -> tuple[str, ...]:
+        """The thresholds as "NAME=VALUE" entries, one per class with its own threshold."""
+        return tuple(f"{name}={value:g}" for name, value in zip(
+            self.vocabulary.names, self.thresholds, strict=True) if value)
+
+    @property
+    def negative_entries(self) -> tuple[str, ...]:
+        return () if self.negatives is None else self.negatives.entries
+
+    @property
+    def is_thing(self) -> tuple[bool, ...]:
+        """Kinds of every classified class: the classes, then the negatives."""
+        return self.vocabulary.is_thing + (() if self.negatives is None
+                                           else self.negatives.is_thing)
+
+    @property
+    def aligned_thresholds(self) -> tuple[float, ...]:
+        """One threshold per class, 0 where the global one applies."""
+        return self.thresholds or (0.0,) * len(self.vocabulary)
+
+    def summary(self) -> str:
+        """The vocabulary's summary line, with the negatives and thresholds."""
+        extra = []
+        if self.negatives is not None:
+            extra.append(f"{len(self.negatives)} negative classes")
+        if self.thresholds:
+            extra.append(f"{sum(1 for t in self.thresholds if t)} class thresholds")
+        return ", ".join((self.vocabulary.summary(), *extra))
+
+
+def negative_vocabulary(entries: Sequence[str]) -> Vocabulary | None:
+    """Negative entries parsed like classes (synonyms, kind tags, no repeats); None for none."""
+    if isinstance(entries, str):
+        raise VocabularyError("negative classes must be a list of entries, not a single string")
+    if not entries:
+        return None
+    try:
+        return Vocabulary.from_entries(entries)
+    except VocabularyError as error:
+        raise VocabularyError(f"negative classes: {error}") from None
+
+
+def thresholds_by_name(vocabulary: Vocabulary, entries: Sequence[str]) -> tuple[float, ...]:
+    """"NAME=VALUE" entries -> one threshold per class (0: the global one); empty for none.
+
+    NAME is a class's name (its first synonym; a preset's name shared by several classes sets
+    them all), VALUE a probability in [0, 1]. Refuses malformed entries, unknown names and a name
+    given twice.
+    """
+    if isinstance(entries, str):
+        raise VocabularyError("class thresholds must be a list of NAME=VALUE entries")
+    if not entries:
+        return ()
+    classes_of_name: dict[str, list[int]] = {}
+    for index, name in enumerate(vocabulary.names):
+        classes_of_name.setdefault(name, []).append(index)
+    thresholds = [0.0] * len(vocabulary)
+    given: set[str] = set()
+    for entry in entries:
+        name, _, text = entry.rpartition("=")
+        name = name.strip()
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not name or not math.isfinite(value):
+            raise VocabularyError(f"class threshold {entry!r} is not NAME=VALUE, e.g. person=0.5")
+        if name not in classes_of_name:
+            known = ", ".join(repr(n) for n in vocabulary.names[:10])
+            more = ", ..." if len(vocabulary) > 10 else ""
+            raise VocabularyError(f"class threshold {entry!r}: {name!r} is not a class name of "
+                                  f"the vocabulary ({known}{more})")
+        if name in given:
+            raise VocabularyError(f"class threshold {entry!r}: {name!r} is given twice")
+        if not 0.0 <= value <= 1.0:
+            raise VocabularyError(f"class threshold {entry!r}: {value:g} is outside 0..1")
+        given.add(name)
+        for index in classes_of_name[name]:
+            thresholds[index] = value
+    return tuple(thresholds)
+
+
+@dataclass(frozen=True)
 class VocabularyState:
-    """Everything a frame needs about the vocabulary, replaced as a whole on every swap."""
+    """Everything a frame needs about the vocabulary, replaced as a whole on every swap.
+
+    The classifier scores the classes, then the negative classes.
+    """
 
     version: int
-    vocabulary: Vocabulary
+    spec: VocabularySpec
     classifier: TextClassifier
+
+    @property
+    def vocabulary(self) -> Vocabulary:
+        return self.spec.vocabulary
 
 
 class ClassifierSource(Protocol):
     """What ActiveVocabulary needs from a text embedder (TextEmbedder, or a stand-in in tests)."""
 
     def classifier(self, vocabulary: Vocabulary) -> TextClassifier: ...
+
+
+def _as_spec(vocabulary: Vocabulary | VocabularySpec) -> VocabularySpec:
+    return vocabulary if isinstance(vocabulary, VocabularySpec) else VocabularySpec(vocabulary)
 
 
 class ActiveVocabulary:
@@ -231,13 +392,14 @@ class ActiveVocabulary:
     themselves, so versions increase by one per successful swap and listeners see them in order.
     """
 
-    def __init__(self, embedder: ClassifierSource, initial: Vocabulary) -> None:
+    def __init__(self, embedder: ClassifierSource, initial: Vocabulary | VocabularySpec) -> None:
         self._embedder = embedder
         self._swap_lock = threading.Lock()
         self._background_lock = threading.Lock()
         self._background: tuple[str, float] | None = None  # (what, since) while encoding
         self._listeners: list[Callable[[VocabularyState], None]] = []
-        self._state = VocabularyState(1, initial, embedder.classifier(initial))
+        initial = _as_spec(initial)
+        self._state = VocabularyState(1, initial, self._classifier(initial))
 
     @property
     def current(self) -> VocabularyState:
@@ -254,7 +416,7 @@ class ActiveVocabulary:
 
     def swap_in_background(
         self,
-        make: Callable[[], Vocabulary],
+        make: Callable[[], Vocabulary | VocabularySpec],
         done: Callable[[VocabularyState | VocabularyError], None],
         description: str = "a vocabulary",
     ) -> None:
@@ -277,7 +439,7 @@ class ActiveVocabulary:
 
     def _swap_and_report(
         self,
-        make: Callable[[], Vocabulary],
+        make: Callable[[], Vocabulary | VocabularySpec],
         done: Callable[[VocabularyState | VocabularyError], None],
     ) -> None:
         try:
@@ -292,20 +454,30 @@ class ActiveVocabulary:
                 self._background = None
         done(outcome)
 
-    def replace(self, vocabulary: Vocabulary) -> VocabularyState:
-        """Encode and install an already validated vocabulary; on any error the old one stays."""
+    def replace(self, vocabulary: Vocabulary | VocabularySpec) -> VocabularyState:
+        """Encode and install an already validated vocabulary (with its negatives and thresholds,
+        all or nothing); on any error the old one stays."""
+        spec = _as_spec(vocabulary)
         with self._swap_lock:
             try:
-                classifier = self._embedder.classifier(vocabulary)
+                classifier = self._classifier(spec)
             except Exception as error:
                 raise VocabularyError(f"could not encode the vocabulary: {error}") from error
-            self._state = VocabularyState(self._state.version + 1, vocabulary, classifier)
+            self._state = VocabularyState(self._state.version + 1, spec, classifier)
             for listener in self._listeners:
                 try:
                     listener(self._state)
                 except Exception:
                     logger.exception("vocabulary listener %r failed", listener)
             return self._state
+
+    def _classifier(self, spec: VocabularySpec) -> TextClassifier:
+        """The classes' classifier, with the negatives' rows after them: each synonym is
+        encoded and cached like any other."""
+        classifier = self._embedder.classifier(spec.vocabulary)
+        if spec.negatives is None:
+            return classifier
+        return classifier.followed_by(self._embedder.classifier(spec.negatives))
 
 
 def _validate(classes: tuple[VocabularyClass, ...], allow_duplicate_names: bool) -> None:
@@ -350,6 +522,24 @@ def _refuse_duplicate_names(classes: tuple[VocabularyClass, ...]) -> None:
         )
     if problems:
         raise VocabularyError("; ".join(problems))
+
+
+def _refuse_negatives_among_classes(vocabulary: Vocabulary, negatives: Vocabulary) -> None:
+    """A negative sharing a synonym with a class (as CLIP's tokenizer reads them) would tie with
+    it wherever that synonym scores best: it cannot be both wanted and unwanted."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    tokenizer = SimpleTokenizer()
+    class_of_synonym = {tuple(tokenizer.encode(s)): index
+                        for index, c in enumerate(vocabulary.classes) for s in c.synonyms}
+    for index, negative in enumerate(negatives.classes):
+        for synonym in negative.synonyms:
+            found = class_of_synonym.get(tuple(tokenizer.encode(synonym)))
+            if found is not None:
+                raise VocabularyError(
+                    f"negative class {index} ({negative.entry!r}) is also a class: {synonym!r} "
+                    f"is a synonym of class {found} ({vocabulary.classes[found].entry!r})"
+                )
 
 
 def _check_count(count: int) -> None:

@@ -35,7 +35,9 @@ def _options(setting: Setting) -> dict[str, Any]:
         return options | {"action": argparse.BooleanOptionalAction}
     if setting.choices:
         options["choices"] = setting.choices
-    if setting.type is tuple and not setting.separator:
+    if setting.repeated:
+        options["action"] = _Repeated
+    elif setting.type is tuple and not setting.separator:
         options["nargs"] = "+"
     else:
         options["type"] = converter(setting)
@@ -47,12 +49,22 @@ def _help(setting: Setting) -> str:
     facts = []
     if setting.separator:
         facts.append(f'one string, entries separated by "{setting.separator}"')
+    if setting.repeated:
+        facts.append("repeatable, one entry each")
     if setting.value_range:
         facts.append(constraints(setting))
     if setting.default not in ("", ()):
         facts.append(f"default {setting.default}")
     text = f"{setting.help} ({'; '.join(facts)})" if facts else setting.help
     return text.replace("%", "%%")  # argparse formats help with %
+
+
+class _Repeated(argparse.Action):
+    """Each use of the flag adds one entry to the tuple (the default stays untouched)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
+                 values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, (*getattr(namespace, self.dest), values))
 
 
 def converter(setting: Setting) -> Callable[[str], Any]:

@@ -25,6 +25,16 @@ class TextClassifier:
         # would otherwise bake the traced vocabulary's size into the graph.
         return self.seen.shape[0]
 
+    def followed_by(self, other: TextClassifier) -> TextClassifier:
+        """This vocabulary's classes, then `other`'s (its class indices shifted past ours): the
+        classifier of the two vocabularies as one list, so their classes compete in one softmax."""
+        return TextClassifier(
+            torch.cat([self.embeddings, other.embeddings.to(self.embeddings)]),
+            torch.cat([self.class_of_row, other.class_of_row.to(self.class_of_row)
+                       + self.num_classes]),
+            torch.cat([self.seen, other.seen.to(self.seen)]),
+        )
+
     def to(self, device: torch.device | str) -> TextClassifier:
         return TextClassifier(
             self.embeddings.to(device), self.class_of_row.to(device), self.seen.to(device)
