@@ -279,7 +279,7 @@ class VocabularySpec:
     def threshold_entries(self) -> tuple[str, ...]:
         """The thresholds as "NAME=VALUE" entries, one per class with its own threshold."""
         return tuple(f"{name}={value:g}" for name, value in zip(
-            self.vocabulary.names, self.thresholds, strict=True) if value)
+            self.vocabulary.names, self.aligned_thresholds, strict=True) if value)
 
     @property
     def negative_entries(self) -> tuple[str, ...]:

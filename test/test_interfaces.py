@@ -38,8 +38,12 @@ def test_generated_interfaces_have_the_contract_fields():
             "classes": "sequence<string>",
             "is_thing": "sequence<boolean>",
             "unlabeled_id": "uint16",
+            "negative_classes": "sequence<string>",
+            "class_thresholds": "sequence<float>",
         },
-        SetVocabulary.Request: {"classes": "sequence<string>", "preset": "string"},
+        SetVocabulary.Request: {"classes": "sequence<string>", "preset": "string",
+                                "negative_classes": "sequence<string>",
+                                "class_thresholds": "sequence<float>"},
         SetVocabulary.Response: {
             "success": "boolean",
             "message": "string",

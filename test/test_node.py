@@ -412,6 +412,62 @@ def test_a_preset_request_swaps_once_and_publishes_only_that_version(peer, subsc
     assert peer.set_vocabulary(preset="coco").success
 
 
+def set_vocabulary_request(negatives=(), thresholds=(),
+                           classes=("cat", "dog, puppy", "grass [stuff]")) -> SetVocabulary.Request:
+    return SetVocabulary.Request(classes=list(classes), negative_classes=list(negatives),
+                                 class_thresholds=list(thresholds))
+
+
+def test_negatives_and_class_thresholds_swap_together_and_bad_ones_change_nothing(
+        peer, subscribe):
+    outputs = subscribe(OUTPUTS_A, images=["labels"])
+    assert peer.call(peer.set_client, set_vocabulary_request()).success
+    before = peer.get_vocabulary()
+    refusals = [
+        (["cat"], [], "negative class 0 ('cat') is also a class: 'cat' is a synonym of class 0"),
+        (["box", " "], [], "negative classes: class 1: blank entry"),
+        ([], [0.5], "1 class thresholds given for 3 classes"),
+        ([], [0.0, 2.0, 0.0], "class threshold 2 of class 1 ('dog') is outside 0..1"),
+    ]
+    for negatives, thresholds, reason in refusals:
+        response = peer.call(peer.set_client, set_vocabulary_request(negatives, thresholds))
+        assert not response.success and reason in response.message, response.message
+        assert response.version == before.version
+    for name, value, reason in [("class_thresholds", ["sofa=0.5"], "'sofa' is not a class name"),
+                                ("class_thresholds", ["dog=1.5"], "1.5 is outside 0..1"),
+                                ("negative_vocabulary", ["puppy"], "is also a class"),
+                                ("negative_vocabulary", [""], "blank entry")]:
+        [result] = peer.set_parameters(**{name: value})
+        assert not result.successful and reason in result.reason, (name, result.reason)
+    assert peer.get_vocabulary().version == before.version
+    assert peer.get_parameter("negative_vocabulary") == []
+
+    response = peer.call(peer.set_client, set_vocabulary_request(
+        ["poster, picture", "statue"], [0.0, 0.25, 0.0]))
+    assert response.success and response.version == before.version + 1, response.message
+    assert "2 negative classes, 1 class thresholds" in response.message
+    assert list(response.classes) == ["cat", "dog, puppy", "grass"]
+    assert peer.spin_until(lambda: outputs.vocabularies[-1].version == response.version)
+    published = outputs.vocabularies[-1]
+    assert list(published.classes) == ["cat", "dog, puppy", "grass"]
+    assert list(published.negative_classes) == ["poster, picture", "statue"]
+    assert list(published.class_thresholds) == [0.0, 0.25, 0.0]
+    assert peer.get_parameter("negative_vocabulary") == ["poster, picture", "statue"]
+    assert peer.get_parameter("class_thresholds") == ["dog=0.25"]
+    _, frame = peer.publish_until_complete(outputs, CAMERA_A, rgb_frame, ["labels", "segments"])
+    assert frame["segments"].vocabulary_version == response.version
+    assert {s.class_id for s in frame["segments"].segments} <= {0, 1, 2}
+    assert set(np.unique(decode(frame["labels"])).tolist()) <= {0, 1, 2, UNLABELED}
+
+    [result] = peer.set_parameters(negative_vocabulary=["statue"])
+    assert result.successful, result.reason
+    assert peer.vocabulary_version_reaches(response.version + 1).version == response.version + 1
+    assert peer.spin_until(lambda: list(outputs.vocabularies[-1].negative_classes) == ["statue"])
+    assert peer.set_vocabulary(preset="coco").success  # replaces negatives and thresholds too
+    assert peer.get_parameter("negative_vocabulary") == []
+    assert peer.get_parameter("class_thresholds") == []
+
+
 def test_object_mask_threshold_set_at_runtime_reaches_the_model(peer, subscribe):
     outputs = subscribe(OUTPUTS_A, images=["labels", "instances"])
     names = ["labels", "instances", "segments"]
@@ -575,6 +631,22 @@ def test_command_line_gets_and_sets_the_vocabulary_of_the_running_node(peer, cap
     assert run_command("set-vocabulary", "--preset", "coco", "--timeout", "20") == 0
     assert run_command("get-vocabulary", "--namespace", "/nobody", "--timeout", "1") == 1
     assert "no service /nobody/get_vocabulary" in capsys.readouterr().err
+
+
+def test_command_line_sets_negatives_and_class_thresholds_of_the_running_node(peer, capsys):
+    version = peer.get_vocabulary().version
+    assert run_command("set-vocabulary", "mug, cup", "table", "--negative", "plate; bowl, dish",
+                       "--class-threshold", "table=0.4", "--timeout", "20") == 0
+    assert f"vocabulary v{version + 1}" in capsys.readouterr().out
+    assert peer.get_parameter("negative_vocabulary") == ["plate", "bowl, dish"]
+    assert peer.get_parameter("class_thresholds") == ["table=0.4"]
+
+    assert run_command("set-vocabulary", "mug", "--class-threshold", "sofa=0.4") == 2
+    assert "'sofa' is not a class name" in capsys.readouterr().err
+    assert run_command("set-vocabulary", "mug", "--negative", "mug", "--timeout", "20") == 1
+    assert "refused: negative class 0 ('mug') is also a class" in capsys.readouterr().err
+    assert peer.get_vocabulary().version == version + 1
+    assert run_command("set-vocabulary", "--preset", "coco", "--timeout", "20") == 0
 
 
 def test_command_line_queries_the_latest_frame(peer, subscribe, capsys):

@@ -178,6 +178,7 @@ def test_named_thresholds_align_with_the_classes_and_all_zero_means_none():
     assert made.aligned_thresholds == (0, 0, 0.3, 0, 0)
     assert made.negative_entries == ("box",)
     assert spec(thresholds=[0] * 5).thresholds == () == spec().thresholds
+    assert spec().threshold_entries == () == spec().negative_entries
     assert spec(thresholds=[0] * 5) == spec()
     preset = VocabularySpec.from_settings((), "cityscapes", (), ["car=0.4"])
     assert preset.aligned_thresholds[preset.vocabulary.names.index("car")] == 0.4

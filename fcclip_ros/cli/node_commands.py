@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fcclip_ros.vocabulary import VocabularyError
+
 DEFAULT_TIMEOUT_S = 60.0  # a swap to a large uncached vocabulary encodes for a while on a CPU
 
 
@@ -41,6 +43,14 @@ def add_subcommands(subparsers: Any) -> None:
     )
     set_vocabulary.add_argument("classes", nargs="*", help='e.g. "cup, mug" table "floor [stuff]"')
     set_vocabulary.add_argument("--preset", default="", help="coco, ade20k, cityscapes, lvis, ...")
+    set_vocabulary.add_argument(
+        "--negative", metavar='"A; B, B2"',
+        help="negative classes, separated by \";\": they compete in classification and what "
+        "they win is left unlabeled, with no segment")
+    set_vocabulary.add_argument(
+        "--class-threshold", action="append", default=[], metavar="NAME=VALUE",
+        help="panoptic: the threshold of the class NAME (its first synonym) in place of "
+        "object_mask_threshold; repeatable")
     _add_service_options(set_vocabulary)
     set_vocabulary.set_defaults(func=_set_vocabulary)
 
@@ -127,7 +137,14 @@ def _set_vocabulary(args: argparse.Namespace) -> int:
     if bool(args.classes) == bool(args.preset):
         print("set-vocabulary: give classes or --preset NAME (one of the two)", file=sys.stderr)
         return 2
-    request = SetVocabulary.Request(classes=list(args.classes), preset=args.preset)
+    try:
+        negatives, thresholds = _vocabulary_control(args)
+    except VocabularyError as error:
+        print(f"set-vocabulary: {error}", file=sys.stderr)
+        return 2
+    request = SetVocabulary.Request(classes=list(args.classes), preset=args.preset,
+                                    negative_classes=list(negatives),
+                                    class_thresholds=list(thresholds))
     response = _call(args, SetVocabulary, "set_vocabulary", request)
     if response is None:
         return 1
@@ -138,6 +155,19 @@ def _set_vocabulary(args: argparse.Namespace) -> int:
     print(response.message)
     _print_classes(list(response.classes))
     return 0
+
+
+def _vocabulary_control(args: argparse.Namespace) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    """The negatives of --negative and the thresholds of --class-threshold, aligned with the
+    classes asked for as the service wants them (VocabularyError for a name that is not one)."""
+    from fcclip_ros.cli.arguments import flag_value
+    from fcclip_ros.vocabulary import Vocabulary, thresholds_by_name
+
+    negatives = () if args.negative is None else flag_value("negative_vocabulary", args.negative)
+    if not args.class_threshold:
+        return negatives, ()
+    vocabulary = Vocabulary.from_request(args.classes or None, args.preset or None)
+    return negatives, thresholds_by_name(vocabulary, args.class_threshold)
 
 
 def _get_vocabulary(args: argparse.Namespace) -> int:

@@ -108,6 +108,8 @@ def vocabulary_message(state: VocabularyState, stamp: Any) -> VocabularyMessage:
         classes=list(state.vocabulary.entries),
         is_thing=list(state.vocabulary.is_thing),
         unlabeled_id=UNLABELED,
+        negative_classes=list(state.spec.negative_entries),
+        class_thresholds=list(state.spec.aligned_thresholds),
     )
     msg.header.stamp = stamp
     return msg

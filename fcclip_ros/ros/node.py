@@ -215,7 +215,7 @@ class SegmenterNode(LifecycleNode):
         """Apply runtime-tunable parameters; refuse (with the reason) what cannot work."""
         changes = {p.name: p.value for p in changed}
         try:
-            if "vocabulary" in changes or "vocabulary_preset" in changes:
+            if changes.keys() & set(parameters.VOCABULARY):
                 self.vocabulary.apply_parameters(changes)
         except VocabularyError as error:
             return SetParametersResult(successful=False, reason=str(error))

@@ -8,6 +8,7 @@ CLI, the launch file and `config/segment.yaml` share: the node has no default of
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -19,8 +20,13 @@ from fcclip_ros.engine import EngineConfig
 from fcclip_ros.overlay import OverlayStyle
 from fcclip_ros.settings import SETTINGS, Setting, constraints
 from fcclip_ros.topics import output_namespace
+from fcclip_ros.vocabulary import VocabularySpec
 
 THRESHOLDS = ("object_mask_threshold", "overlap_threshold")
+# The parameters that make up the vocabulary in force; the arrays among them are tunable and
+# empty by default, so they are given their type at declaration to be settable.
+VOCABULARY = ("vocabulary", "vocabulary_preset", "negative_vocabulary", "class_thresholds")
+VOCABULARY_ARRAYS = ("vocabulary", "negative_vocabulary", "class_thresholds")
 OVERLAY_FIELDS = {  # parameter -> OverlayStyle field
     "overlay_alpha": "alpha",
     "overlay_boundaries": "boundaries",
@@ -31,6 +37,32 @@ OVERLAY_FIELDS = {  # parameter -> OverlayStyle field
 
 class ConfigurationError(ValueError):
     """A node parameter that cannot work; the message names it and says why."""
+
+
+@dataclass(frozen=True)
+class VocabularyRequest:
+    """The vocabulary as the parameters write it: classes or a preset (the other empty),
+    negative entries, and "NAME=VALUE" class thresholds."""
+
+    classes: tuple[str, ...]
+    preset: str
+    negatives: tuple[str, ...] = ()
+    thresholds: tuple[str, ...] = ()
+
+    def spec(self) -> VocabularySpec:
+        """Parsed and validated (VocabularyError says why not)."""
+        return VocabularySpec.from_settings(self.classes, self.preset, self.negatives,
+                                            self.thresholds)
+
+    def parameters(self) -> list[Parameter]:
+        """The parameters that show this request."""
+        return [Parameter("vocabulary", Parameter.Type.STRING_ARRAY, list(self.classes)),
+                *([Parameter("vocabulary_preset", Parameter.Type.STRING, self.preset)]
+                  if self.preset else []),
+                Parameter("negative_vocabulary", Parameter.Type.STRING_ARRAY,
+                          list(self.negatives)),
+                Parameter("class_thresholds", Parameter.Type.STRING_ARRAY,
+                          list(self.thresholds))]
 
 
 def descriptor(setting: Setting) -> ParameterDescriptor:
@@ -62,10 +94,11 @@ def declare(node: Node) -> None:
     """Declare every parameter with its descriptor (values from overrides or the defaults)."""
     for setting in SETTINGS:
         node.declare_parameter(setting.name, declared_value(setting), descriptor(setting))
-    try:
-        node.get_parameter("vocabulary")
-    except ParameterUninitializedException:  # an empty list has no type until given one
-        node.set_parameters([Parameter("vocabulary", Parameter.Type.STRING_ARRAY, [])])
+    for name in VOCABULARY_ARRAYS:
+        try:
+            node.get_parameter(name)
+        except ParameterUninitializedException:  # an empty list has no type until given one
+            node.set_parameters([Parameter(name, Parameter.Type.STRING_ARRAY, [])])
 
 
 def values(node: Node) -> dict[str, Any]:
@@ -113,10 +146,12 @@ def check_topics(topics: Sequence[str]) -> None:
         seen[namespace] = topic
 
 
-def requested_vocabulary(values: Mapping[str, Any]) -> tuple[tuple[str, ...], str]:
-    """(entries, preset) the parameters ask for: a non-empty class list wins over the preset."""
+def requested_vocabulary(values: Mapping[str, Any]) -> VocabularyRequest:
+    """What the parameters ask for: a non-empty class list wins over the preset."""
     entries = tuple(values["vocabulary"] or ())
-    return (entries, "") if entries else ((), values["vocabulary_preset"])
+    return VocabularyRequest(entries, "" if entries else values["vocabulary_preset"],
+                             tuple(values["negative_vocabulary"] or ()),
+                             tuple(values["class_thresholds"] or ()))
 
 
 def engine_config(values: Mapping[str, Any]) -> EngineConfig:

@@ -1,28 +1,29 @@
 """How the node's vocabulary changes: the `set_vocabulary` / `get_vocabulary` services and the
-`vocabulary` / `vocabulary_preset` parameters go through one swap, and every change is published
-(latched) on each camera's `vocabulary` and `label_info`."""
+`vocabulary`, `vocabulary_preset`, `negative_vocabulary` and `class_thresholds` parameters go
+through one swap, which installs classes, negatives and thresholds together, and every change is
+published (latched) on each camera's `vocabulary` and `label_info`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from rclpy.parameter import Parameter
 from rclpy.task import Future
 
 from fcclip_ros.ros import parameters
+from fcclip_ros.ros.parameters import VocabularyRequest
 from fcclip_ros.srv import GetVocabulary, SetVocabulary
-from fcclip_ros.vocabulary import Vocabulary, VocabularyError, VocabularyState
+from fcclip_ros.vocabulary import Vocabulary, VocabularyError, VocabularySpec, VocabularyState
 
 if TYPE_CHECKING:
     from fcclip_ros.ros.node import SegmenterNode
-
-Requested = tuple[tuple[str, ...], str]  # (classes, preset): one of them empty
 
 
 class VocabularyInterface:
     def __init__(self, node: SegmenterNode) -> None:
         self._node = node
-        self.source: Requested = parameters.requested_vocabulary(parameters.values(node))
+        self.source: VocabularyRequest = parameters.requested_vocabulary(parameters.values(node))
 
     def create_services(self, group: Any) -> list[Any]:
         node = self._node
@@ -36,14 +37,14 @@ class VocabularyInterface:
         for camera in self._node.cameras:
             camera.publish_vocabulary(state, stamp)
 
-    def swap(self, requested: Requested, validated: Vocabulary | None = None) -> Future:
+    def swap(self, make: Callable[[], VocabularySpec],
+             shown: Callable[[VocabularySpec], VocabularyRequest], description: str) -> Future:
         """The one way the vocabulary changes, for the service and the parameters alike:
-        validate (unless done), encode off the executor, install; then the vocabulary parameters
-        show what is in force (setting them to that changes nothing). The future, completed on
-        the node's executor, gets the new state or the VocabularyError; VocabularyBusyError is
-        raised at once while another swap encodes."""
+        validate (`make`), encode off the executor, install; then the vocabulary parameters
+        show what is in force, as `shown` writes it (setting them to that changes nothing). The
+        future, completed on the node's executor, gets the new state or the VocabularyError;
+        VocabularyBusyError is raised at once while another swap encodes."""
         node = self._node
-        entries, preset = requested
         if node.engine is None:
             raise VocabularyError(f"the node is {node.lifecycle_state()}: configure it first")
         finished = Future(executor=node.executor)
@@ -51,35 +52,32 @@ class VocabularyInterface:
 
         def done(outcome: VocabularyState | VocabularyError) -> None:
             if isinstance(outcome, VocabularyState):
-                self.source = requested
-                node.get_logger().info(
-                    f"vocabulary v{outcome.version}: {outcome.vocabulary.summary()}"
-                )
-                in_force = [Parameter("vocabulary", Parameter.Type.STRING_ARRAY, list(entries))]
-                if preset:
-                    in_force.append(Parameter("vocabulary_preset", Parameter.Type.STRING, preset))
-                node.set_parameters_atomically(in_force)
+                self.source = shown(outcome.spec)
+                node.get_logger().info(f"vocabulary v{outcome.version}: {outcome.spec.summary()}")
+                node.set_parameters_atomically(self.source.parameters())
             finished.set_result(outcome)
 
-        node.engine.vocabulary.swap_in_background(
-            (lambda: validated) if validated else lambda: Vocabulary.from_request(
-                entries or None, preset or None),
-            done,
-            f"preset {preset!r}" if preset else f"{len(entries)} classes",
-        )
+        node.engine.vocabulary.swap_in_background(make, done, description)
         return finished
 
     async def _set_vocabulary(
         self, request: SetVocabulary.Request, response: SetVocabulary.Response
     ) -> SetVocabulary.Response:
-        """A coroutine: while the text encoder runs, it holds no executor thread."""
+        """A coroutine: while the text encoder runs, it holds no executor thread. The request
+        replaces classes, negatives and thresholds together."""
         entries, preset = tuple(request.classes), request.preset.strip()
+        negatives, thresholds = tuple(request.negative_classes), tuple(request.class_thresholds)
         try:
             if not entries and not preset:
                 raise VocabularyError("empty request: give classes or a preset")
             if entries and preset:
                 raise VocabularyError("give either classes or a preset, not both")
-            outcome = await self.swap((entries, "") if entries else ((), preset))
+            outcome = await self.swap(
+                lambda: VocabularySpec.from_request(entries or None, preset or None, negatives,
+                                                    thresholds),
+                lambda spec: VocabularyRequest(entries, preset, negatives,
+                                               spec.threshold_entries),
+                f"preset {preset!r}" if preset else f"{len(entries)} classes")
         except VocabularyError as error:
             outcome = error
         if isinstance(outcome, VocabularyError):
@@ -89,7 +87,7 @@ class VocabularyInterface:
         else:
             state = outcome
             response.success = True
-            response.message = f"vocabulary v{state.version}: {state.vocabulary.summary()}"
+            response.message = f"vocabulary v{state.version}: {state.spec.summary()}"
         response.version = state.version
         response.classes = list(state.vocabulary.entries)
         return response
@@ -119,18 +117,34 @@ class VocabularyInterface:
         Vocabulary.from_preset(values["vocabulary_preset"])  # checked even while classes win
         if requested == self.source:
             return  # in force already (e.g. the parameters catching up with a swap)
-        entries, preset = requested
-        vocabulary = Vocabulary.from_request(entries or None, preset or None)
+        try:
+            spec = requested.spec()
+        except VocabularyError as error:
+            raise VocabularyError(_parameter_advice(error, changes, values)) from None
         if node.engine is None:
             return
-        previous = [
-            Parameter(name, value=node.get_parameter(name).value)
-            for name in ("vocabulary", "vocabulary_preset")
-        ]
+        previous = [Parameter(name, value=node.get_parameter(name).value)
+                    for name in parameters.VOCABULARY]
 
         def put_back_on_failure(finished: Future) -> None:
             if isinstance(finished.result(), VocabularyError):
                 node.get_logger().error(f"vocabulary parameters not applied: {finished.result()}")
                 node.set_parameters_atomically(previous)
 
-        self.swap(requested, vocabulary).add_done_callback(put_back_on_failure)
+        description = (f"preset {requested.preset!r}" if requested.preset
+                       else f"{len(requested.classes)} classes")
+        self.swap(lambda: spec, lambda _: requested, description).add_done_callback(
+            put_back_on_failure)
+
+
+def _parameter_advice(error: VocabularyError, changes: dict[str, Any],
+                      values: dict[str, Any]) -> str:
+    """The reason, and how to get out of it when the refused value may be valid in itself: the
+    parameters change one at a time, so a new class list must still fit the thresholds and
+    negatives in force."""
+    others = [name for name in ("class_thresholds", "negative_vocabulary")
+              if name not in changes and values[name]]
+    if {"vocabulary", "vocabulary_preset"} & changes.keys() and others:
+        return (f"{error} (the {' and '.join(others)} in force must fit the new classes: change "
+                "them first, or use the set_vocabulary service, which replaces all at once)")
+    return str(error)
