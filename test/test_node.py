@@ -459,6 +459,10 @@ def test_negatives_and_class_thresholds_swap_together_and_bad_ones_change_nothin
     assert {s.class_id for s in frame["segments"].segments} <= {0, 1, 2}
     assert set(np.unique(decode(frame["labels"])).tolist()) <= {0, 1, 2, UNLABELED}
 
+    [result] = peer.set_parameters(vocabulary=["cat", "horse"])  # dog=0.25 has no class left
+    assert not result.successful
+    assert "'dog' is not a class name" in result.reason
+    assert "in force must fit the new classes: change them first" in result.reason
     [result] = peer.set_parameters(negative_vocabulary=["statue"])
     assert result.successful, result.reason
     assert peer.vocabulary_version_reaches(response.version + 1).version == response.version + 1

@@ -39,7 +39,8 @@ def add_subcommands(subparsers: Any) -> None:
         "set-vocabulary",
         help="replace the running node's vocabulary",
         description='Replace the vocabulary: classes "name" or "name, synonym, ..." (an optional'
-        " [thing] or [stuff] tag at the end), or a built-in preset.",
+        " [thing] or [stuff] tag at the end), or a built-in preset; with the negative classes and"
+        " class thresholds given (none when not given: a request replaces all three).",
     )
     set_vocabulary.add_argument("classes", nargs="*", help='e.g. "cup, mug" table "floor [stuff]"')
     set_vocabulary.add_argument("--preset", default="", help="coco, ade20k, cityscapes, lvis, ...")
