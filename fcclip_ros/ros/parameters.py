@@ -18,7 +18,7 @@ from rclpy.parameter import Parameter
 
 from fcclip_ros.engine import EngineConfig
 from fcclip_ros.overlay import OverlayStyle
-from fcclip_ros.settings import SETTINGS, Setting, constraints
+from fcclip_ros.settings import SETTINGS, SETTINGS_BY_NAME, Setting, constraints
 from fcclip_ros.topics import output_namespace
 from fcclip_ros.vocabulary import VocabularySpec
 
@@ -26,7 +26,7 @@ THRESHOLDS = ("object_mask_threshold", "overlap_threshold")
 # The parameters that make up the vocabulary in force; the arrays among them are tunable and
 # empty by default, so they are given their type at declaration to be settable.
 VOCABULARY = ("vocabulary", "vocabulary_preset", "negative_vocabulary", "class_thresholds")
-VOCABULARY_ARRAYS = ("vocabulary", "negative_vocabulary", "class_thresholds")
+VOCABULARY_ARRAYS = tuple(name for name in VOCABULARY if SETTINGS_BY_NAME[name].type is tuple)
 OVERLAY_FIELDS = {  # parameter -> OverlayStyle field
     "overlay_alpha": "alpha",
     "overlay_boundaries": "boundaries",
