@@ -939,3 +939,27 @@ def test_resume_refuses_a_run_whose_trackers_state_was_lost(
     resumed = run_bag(*args, "--out", str(folder), "--resume")
     assert resumed.returncode == 2
     assert "lacks the trackers' state" in resumed.stderr.strip().splitlines()[-1]
+
+
+def test_bag_records_negative_classes_and_class_thresholds_and_never_reports_a_negative(
+        tmp_path):
+    """The bag's vocabulary says what frames were segmented with; no segment is of a negative
+    class (they have no class id), and resume compares them like any setting."""
+    recording = tmp_path / "in.mcap"
+    write_recording(recording, raw_frames=2, compressed_frames=0)
+    args = [str(recording), *ENGINE_ARGS, "--cache-dir", str(tmp_path), "--outputs", "segments",
+            "--negative", "poster of a person; mannequin, dummy", "--class-threshold", "cup=0.25"]
+    result = run_bag(*args, "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    path = tmp_path / "out" / "out_0.mcap"
+    (vocabulary,) = decoded(path, "/front/segmentation/vocabulary")
+    assert list(vocabulary.msg.negative_classes) == ["poster of a person", "mannequin, dummy"]
+    assert list(vocabulary.msg.class_thresholds) == [0.0, 0.0, 0.25, 0.0, 0.0, 0.0]
+    assert len(vocabulary.msg.classes) == 6
+    labels = {s.label for frame in decoded(path, "/front/segmentation/segments")
+              for s in frame.msg.segments}
+    assert labels and labels <= {"person", "cat", "cup", "box", "wall", "floor"}
+    resumed = run_bag(*args[:-4], "--negative", "mannequin", "--out", str(tmp_path / "out"),
+                      "--resume")
+    assert resumed.returncode == 2
+    assert "engine negative_vocabulary" in resumed.stderr.strip().splitlines()[-1]
