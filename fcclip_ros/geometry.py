@@ -37,10 +37,17 @@ from fcclip_ros.result import NO_INSTANCE, Segmentation
 
 EROSION_PX = 2  # pixels peeled off every segment border before its depth is used
 BOX_PERCENTILES = (5.0, 95.0)  # the box's extent on each axis, over the interior points
-MIN_INTERIOR_PIXELS = 10  # below this, a segment's box uses its uneroded valid pixels
+MIN_INTERIOR_PIXELS = 10  # below this, a segment's box uses its valid pixels off depth steps
+DEPTH_STEP = 0.05  # a jump, as a fraction of the reading's depth, that marks a depth step
+MIN_BOX_DEPTH_PIXELS = 20  # a segment with fewer usable depth pixels gets no box
 DEPTH_ENCODINGS = {"16UC1": 1e-3, "mono16": 1e-3, "32FC1": 1.0}  # encoding -> metres per unit
+# The coefficient counts OpenCV's lens model takes: k1 k2 p1 p2 [k3 [k4 k5 k6 [s1 s2 s3 s4
+# [tau_x tau_y]]]]; plumb_bob and rational_polynomial are that one model (OAK/depthai publishes
+# 14 coefficients as rational_polynomial).
+OPENCV_COEFFICIENT_COUNTS = (4, 5, 8, 12, 14)
 # CameraInfo distortion_model -> the numbers of coefficients OpenCV's model of it takes.
-DISTORTION_MODELS = {"plumb_bob": (4, 5), "rational_polynomial": (8,), "equidistant": (4,)}
+DISTORTION_MODELS = {"plumb_bob": OPENCV_COEFFICIENT_COUNTS,
+                     "rational_polynomial": OPENCV_COEFFICIENT_COUNTS, "equidistant": (4,)}
 UNDISTORT_CRITERIA = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-10)
 POINT_DTYPE = np.dtype([
     ("x", "<f4"), ("y", "<f4"), ("z", "<f4"),
@@ -84,8 +91,10 @@ class Intrinsics:
                     f"{', '.join(DISTORTION_MODELS)}: segment rectified images (image_rect) instead"
                 )
             if len(distortion) not in counts:
+                *others, last = map(str, counts)
+                expected = f"{', '.join(others)} or {last}" if others else last
                 raise DepthError(f"camera info has {len(distortion)} {distortion_model} distortion "
-                                 f"coefficients, not {' or '.join(map(str, counts))}")
+                                 f"coefficients, not {expected}")
             if not all(np.isfinite(distortion)):
                 raise DepthError(f"camera info has non-finite distortion coefficients {d}")
         if not distorted and len(p) == 12 and p[0] > 0 and p[5] > 0:

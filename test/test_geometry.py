@@ -145,10 +145,18 @@ def pixel_grid(step: int = 7) -> tuple[np.ndarray, np.ndarray]:
     return rows.ravel(), cols.ravel()
 
 
+# k1 k2 p1 p2 k3, k4 k5 k6 (rational), s1 s2 s3 s4 (thin prism), tau_x tau_y (tilt)
+RATIONAL = [0.2, -0.1, 0.001, 0.0005, 0.01, 0.25, -0.05, 0.02, 0.001, -0.0005, 0.0008, 0.0002,
+            0.002, -0.001]
+
+
 @pytest.mark.parametrize("model, coefficients", [
     ("plumb_bob", INFO["D"]),
     ("plumb_bob", [-0.30, 0.09, 0.001, -0.0005, -0.01]),  # a wide-angle lens
-    ("rational_polynomial", [0.2, -0.1, 0.001, 0.0005, 0.01, 0.25, -0.05, 0.02]),
+    ("plumb_bob", [-0.30, 0.09, 0.001, -0.0005]),  # k3 left out
+    ("rational_polynomial", RATIONAL[:8]),
+    ("rational_polynomial", RATIONAL[:12]),  # with thin-prism terms
+    ("rational_polynomial", RATIONAL),  # and sensor tilt: the 14 coefficients OAK/depthai sends
     ("equidistant", [0.05, -0.01, 0.003, -0.0005]),  # fisheye
 ])
 def test_raw_pixels_are_undistorted_so_their_points_project_back_onto_them(model, coefficients):
@@ -196,7 +204,8 @@ def test_rectified_images_and_cameras_without_distortion_use_the_projection_matr
 @pytest.mark.parametrize("model, coefficients, reason", [
     ("fov", [0.9], "distortion model 'fov', which is not one of plumb_bob, rational_polynomial, "
                    "equidistant: segment rectified images"),
-    ("plumb_bob", [0.1, 0.2, 0.0], "3 plumb_bob distortion coefficients, not 4 or 5"),
+    ("plumb_bob", [0.1, 0.2, 0.0], "3 plumb_bob distortion coefficients, not 4, 5, 8, 12 or 14"),
+    ("rational_polynomial", [0.1] * 6, "6 rational_polynomial distortion coefficients, not 4, 5"),
     ("equidistant", [0.1] * 5, "5 equidistant distortion coefficients, not 4"),
     ("plumb_bob", [0.1, float("nan"), 0, 0, 0], "non-finite distortion coefficients"),
 ])
