@@ -78,9 +78,14 @@ class Intrinsics:
     @classmethod
     def from_camera_info(cls, width: int, height: int, k: Sequence[float],
                          p: Sequence[float] = (), d: Sequence[float] = (),
-                         distortion_model: str = "", rectified: bool = False) -> Intrinsics:
+                         distortion_model: str = "", rectified: bool = False,
+                         binning: tuple[int, int] = (1, 1),
+                         roi: tuple[int, int, int, int] = (0, 0, 0, 0)) -> Intrinsics:
         """From sensor_msgs/CameraInfo fields (row-major 3x3 K, 3x4 P, D and its model), for a
-        raw image or, with `rectified`, for the rectified image P describes."""
+        raw image or, with `rectified`, for the rectified image P describes. `width` and
+        `height` are the calibrated (full) resolution; the image is the region `roi` (x_offset,
+        y_offset, width, height; all 0: the whole) of it, downsampled by `binning` (x, y; 0
+        means 1), as image_geometry's PinholeCameraModel reads them."""
         distortion = tuple(float(v) for v in d)
         distorted = not rectified and any(v != 0.0 for v in distortion)
         if distorted:
@@ -108,7 +113,9 @@ class Intrinsics:
             raise DepthError(f"camera info has no usable focal length (fx={fx}, fy={fy})")
         if width <= 0 or height <= 0:
             raise DepthError(f"camera info gives no image size ({width}x{height})")
-        return cls(*values, width=int(width), height=int(height),
+        fx, fy, cx, cy, width, height = _binned_region(*values, int(width), int(height),
+                                                       binning, roi)
+        return cls(fx, fy, cx, cy, width=width, height=height,
                    distortion_model=distortion_model if distorted else "",
                    distortion=distortion if distorted else ())
 
@@ -118,6 +125,29 @@ class Intrinsics:
                 f"camera info is for {self.width}x{self.height} images but the colour image is "
                 f"{width}x{height}"
             )
+
+
+def _binned_region(fx: float, fy: float, cx: float, cy: float, width: int, height: int,
+                   binning: tuple[int, int], roi: tuple[int, int, int, int]
+                   ) -> tuple[float, float, float, float, int, int]:
+    """The camera matrix and size of a region of interest of the calibrated image, binned: the
+    principal point moves by the region's offset, then focal lengths and principal point scale
+    by 1 / binning (sensor_msgs/CameraInfo's definition, as image_geometry applies it)."""
+    binning_x, binning_y = (max(int(b), 1) for b in binning)
+    x_offset, y_offset, roi_width, roi_height = (int(v) for v in roi)
+    if not any((x_offset, y_offset, roi_width, roi_height)):
+        roi_width, roi_height = width, height
+    if x_offset + roi_width > width or y_offset + roi_height > height:
+        raise DepthError(
+            f"camera info's roi ({roi_width}x{roi_height} at {x_offset},{y_offset}) does not lie "
+            f"within its {width}x{height} image"
+        )
+    binned = (roi_width // binning_x, roi_height // binning_y)
+    if 0 in binned:
+        raise DepthError(f"camera info's roi {roi_width}x{roi_height} binned "
+                         f"{binning_x}x{binning_y} leaves no image")
+    return (fx / binning_x, fy / binning_y, (cx - x_offset) / binning_x,
+            (cy - y_offset) / binning_y, *binned)
 
 
 @dataclass(frozen=True)
@@ -211,9 +241,11 @@ def registered_depth(depth_msg: Any, camera_info: Any | None, image_shape: tuple
     if camera_info is None:
         raise DepthError(f"no CameraInfo received on {info_topic} yet")
     height, width = image_shape[:2]
+    roi = camera_info.roi
     intrinsics = Intrinsics.from_camera_info(
         camera_info.width, camera_info.height, camera_info.k, camera_info.p, camera_info.d,
-        camera_info.distortion_model, rectified)
+        camera_info.distortion_model, rectified, (camera_info.binning_x, camera_info.binning_y),
+        (roi.x_offset, roi.y_offset, roi.width, roi.height))
     intrinsics.check_image(width, height)
     check_registered((depth_msg.height, depth_msg.width), (height, width))
     return DepthFrame(depth_from_message(depth_msg, max_pixels), intrinsics)

