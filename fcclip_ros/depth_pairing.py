@@ -31,10 +31,11 @@ DEFAULT_MAX_BYTES = 256 * 1024 * 1024
 class PendingDepth:
     """A colour frame waiting for its depth: the best candidate so far."""
 
-    __slots__ = ("arrival_ns", "best", "covered", "gap_ns", "stamp_ns")
+    __slots__ = ("arrival_ns", "best", "colour_frame", "covered", "gap_ns", "stamp_ns")
 
     def __init__(self, stamp_ns: int, arrival_ns: int, no_match_gap_ns: int) -> None:
         self.stamp_ns, self.arrival_ns = stamp_ns, arrival_ns
+        self.colour_frame = ""  # the colour frame's header frame_id, set by its user
         self.best: Any = None
         self.gap_ns = no_match_gap_ns  # the best candidate's gap; above max_delay: none yet
         self.covered = False  # a depth stamped at or after this frame has come

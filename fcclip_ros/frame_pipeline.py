@@ -63,7 +63,7 @@ class DepthSource:
 class ThreeDCounts:
     frames_3d: int = 0  # with depth, boxes and points
     frames_without_depth: int = 0  # no depth within max_delay_s: 2D only
-    frames_depth_refused: int = 0  # depth or CameraInfo unusable (size, encoding): 2D only
+    frames_depth_refused: int = 0  # depth or CameraInfo unusable (frame, size, encoding): 2D only
     frames_3d_failed: int = 0  # the 3D step raised: 2D only
 
     def as_dict(self) -> dict[str, int]:
@@ -129,7 +129,9 @@ class FramePipeline:
         """A colour frame has arrived (before the network runs); None without a depth topic."""
         if self.pairing is None:
             return None
-        return self.pairing.add_colour(header_stamp_ns(header), now_ns)
+        pending = self.pairing.add_colour(header_stamp_ns(header), now_ns)
+        pending.colour_frame = header.frame_id  # its depth must be in the same frame
+        return pending
 
     def depth_for(self, pending: PendingDepth | None, image_shape: tuple[int, ...],
                   clock_ns: Callable[[], int] | None = None) -> DepthFrame | None:
@@ -147,7 +149,8 @@ class FramePipeline:
             return None
         try:
             return registered_depth(msg, self.camera_info, image_shape, self.max_input_pixels,
-                                    self.depth.info_topic, self.depth.rectified)
+                                    self.depth.info_topic, self.depth.rectified,
+                                    pending.colour_frame, self._log_once)
         except (DepthError, ImageConversionError) as error:
             self.counts.frames_depth_refused += 1
             self._log_once(f"no 3D (published in 2D): {error}")

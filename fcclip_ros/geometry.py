@@ -23,7 +23,7 @@ is not applied.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,14 +232,47 @@ def check_registered(depth_shape: tuple[int, ...], shape: tuple[int, ...]) -> No
         )
 
 
+def check_same_frame(colour_frame: str, depth_frame: str, info_frame: str) -> list[str]:
+    """Refuse (DepthError) a depth image or CameraInfo whose header names another frame than
+    the colour image's: registered depth, and the colour camera's CameraInfo, are in the colour
+    camera's optical frame (RealSense aligned_depth_to_color, OAK depth aligned to RGB). A
+    leading "/" is ignored, as tf2 does. Returns the messages without a frame_id, whose
+    registration cannot be checked."""
+    colour, depth, info = (frame.lstrip("/") for frame in (colour_frame, depth_frame, info_frame))
+    registered = ("the depth must be registered to the colour image, in its optical frame (e.g. "
+                  "RealSense: use aligned_depth_to_color, not depth)")
+    if depth and colour and depth != colour:
+        raise DepthError(f"the depth image is in frame {depth!r} but the colour image in "
+                         f"{colour!r}: {registered}")
+    if info and colour and info != colour:
+        raise DepthError(f"the camera info is for frame {info!r} but the colour image is in "
+                         f"{colour!r}: give the colour camera's CameraInfo (camera_info_topics)")
+    if depth and info and depth != info:
+        raise DepthError(f"the depth image is in frame {depth!r} but the camera info in "
+                         f"{info!r}: {registered}")
+    names = {"colour image": colour, "depth image": depth, "camera info": info}
+    return [name for name, frame in names.items() if not frame]
+
+
 def registered_depth(depth_msg: Any, camera_info: Any | None, image_shape: tuple[int, ...],
                      max_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
-                     info_topic: str = "camera_info", rectified: bool = False) -> DepthFrame:
+                     info_topic: str = "camera_info", rectified: bool = False,
+                     colour_frame: str | None = None,
+                     warn: Callable[[str], None] | None = None) -> DepthFrame:
     """The depth (sensor_msgs/Image) and CameraInfo (duck-typed) of a colour image of
-    `image_shape` (`rectified` or raw), checked against it before decoding; DepthError or
-    ImageConversionError says why they cannot be used."""
+    `image_shape` (`rectified` or raw) and header frame_id `colour_frame` (None: frames not
+    compared), checked against it before decoding; DepthError or ImageConversionError says why
+    they cannot be used. An empty frame_id cannot be checked: the depth is taken as registered
+    and `warn` is told why."""
     if camera_info is None:
         raise DepthError(f"no CameraInfo received on {info_topic} yet")
+    if colour_frame is not None:
+        unnamed = check_same_frame(colour_frame, depth_msg.header.frame_id,
+                                   camera_info.header.frame_id)
+        if unnamed and warn is not None:
+            warn(f"cannot check that the depth is registered to the colour image: the "
+                 f"{' and the '.join(unnamed)} {'have' if len(unnamed) > 1 else 'has'} no "
+                 "frame_id; taken as registered")
     height, width = image_shape[:2]
     roi = camera_info.roi
     intrinsics = Intrinsics.from_camera_info(

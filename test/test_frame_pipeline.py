@@ -95,6 +95,41 @@ def test_frames_without_depth_or_with_unusable_depth_are_2d_and_counted_with_one
     assert len(warnings) == 1 and "320x240" in warnings[0] and "640x480" in warnings[0]
 
 
+def test_raw_depth_of_the_colour_images_size_in_the_depth_cameras_frame_is_refused_and_2d_goes_on():
+    """RealSense's unaligned depth is 640x480 like its colour image: only the frame ids tell
+    that its pixels are not the colour pixels."""
+    warnings: list[str] = []
+    pipeline = rgbd_pipeline(warnings)
+    pipeline.add_camera_info(stamped(arc_camera_info(), 100))
+    for stamp in (100, 200):
+        raw = stamped(depth_message(millimetres(DEPTH), "16UC1"), stamp,
+                      "camera_depth_optical_frame")
+        pipeline.add_depth(raw, now_ns=0)
+        header = stamped(types.SimpleNamespace(), stamp).header
+        depth = pipeline.depth_for(pipeline.add_colour(header, 0), ARC["rgb"].shape)
+        assert depth is None
+        frame = pipeline.frame(header, ARC["rgb"], arc_segmentation(), depth)
+        assert frame.geometry is None and len(frame.result.segments) > 0
+    assert pipeline.counts.as_dict() == {"frames_3d": 0, "frames_without_depth": 0,
+                                         "frames_depth_refused": 2, "frames_3d_failed": 0}
+    assert len(warnings) == 1 and "'camera_depth_optical_frame'" in warnings[0]
+    assert "use aligned_depth_to_color" in warnings[0]
+
+
+def test_frames_without_frame_ids_get_their_3d_and_one_warning_that_nothing_was_checked():
+    warnings: list[str] = []
+    pipeline = rgbd_pipeline(warnings)
+    pipeline.add_camera_info(stamped(arc_camera_info(), 100, frame_id=""))
+    for stamp in (100, 200):
+        pipeline.add_depth(stamped(depth_message(millimetres(DEPTH), "16UC1"), stamp, ""), 0)
+        header = stamped(types.SimpleNamespace(), stamp).header
+        depth = pipeline.depth_for(pipeline.add_colour(header, 0), ARC["rgb"].shape)
+        assert pipeline.frame(header, ARC["rgb"], arc_segmentation(), depth).geometry
+    assert pipeline.counts.frames_3d == 2
+    assert warnings == ["cannot check that the depth is registered to the colour image: the depth "
+                        "image and the camera info have no frame_id; taken as registered"]
+
+
 def test_a_failing_3d_step_costs_the_frame_its_3d_only_and_is_logged_once():
     """Depth whose intrinsics belong to another camera size makes the 3D step raise; the 2D
     result goes out unchanged, without boxes or points, and the failure is counted."""

@@ -13,6 +13,7 @@ import scipy.ndimage
 from helpers.rgbd_frame import (
     ARC,
     DEPTH,
+    FRAME,
     HEIGHT,
     INFO,
     INTRINSICS,
@@ -222,6 +223,46 @@ def test_registered_depth_undoes_the_camera_infos_distortion_unless_the_image_is
     rectified = registered_depth(message, info, (HEIGHT, WIDTH, 3), rectified=True)
     assert (raw.intrinsics, rectified.intrinsics) == (RAW, INTRINSICS)
     np.testing.assert_array_equal(raw.metres, rectified.metres)
+
+
+RAW_DEPTH_FRAME = "camera_depth_optical_frame"  # RealSense depth/image_rect_raw: not registered
+
+
+@pytest.mark.parametrize("colour, depth, info, reason", [
+    (FRAME, RAW_DEPTH_FRAME, FRAME,
+     "the depth image is in frame 'camera_depth_optical_frame' but the colour image in "
+     "'camera_color_optical_frame': the depth must be registered .* use aligned_depth_to_color"),
+    (FRAME, FRAME, "camera_infra1_optical_frame",
+     "the camera info is for frame 'camera_infra1_optical_frame' but the colour image is in "
+     "'camera_color_optical_frame': give the colour camera's CameraInfo"),
+    ("", RAW_DEPTH_FRAME, FRAME, "the depth image is in frame 'camera_depth_optical_frame' but "
+                                 "the camera info in 'camera_color_optical_frame'"),
+])
+def test_depth_or_camera_info_of_another_frame_than_the_colour_image_is_refused_naming_both(
+        colour, depth, info, reason):
+    """Same-size depth in the depth camera's own frame (RealSense's raw depth is 640x480 too)
+    would give wrong 3D without a word."""
+    message = depth_message(np.ones((HEIGHT, WIDTH), np.float32), "32FC1", frame_id=depth)
+    camera_info = camera_info_message(header=types.SimpleNamespace(frame_id=info))
+    with pytest.raises(DepthError, match=reason):
+        registered_depth(message, camera_info, (HEIGHT, WIDTH, 3), colour_frame=colour)
+
+
+@pytest.mark.parametrize("colour, depth, info, unnamed", [
+    (FRAME, "/" + FRAME, FRAME, ""),  # a leading slash is ignored, as tf2 does
+    (FRAME, "", FRAME, "the depth image has no frame_id"),
+    ("", "", FRAME, "the colour image and the depth image have no frame_id"),
+])
+def test_depth_whose_frame_cannot_be_compared_is_taken_as_registered_with_a_warning(
+        colour, depth, info, unnamed):
+    warnings: list[str] = []
+    message = depth_message(np.ones((HEIGHT, WIDTH), np.float32), "32FC1", frame_id=depth)
+    camera_info = camera_info_message(header=types.SimpleNamespace(frame_id=info))
+    frame = registered_depth(message, camera_info, (HEIGHT, WIDTH, 3), colour_frame=colour,
+                             warn=warnings.append)
+    assert frame.intrinsics == RAW
+    assert warnings == ([f"cannot check that the depth is registered to the colour image: "
+                         f"{unnamed}; taken as registered"] if unnamed else [])
 
 
 @pytest.mark.parametrize("binning, roi", [

@@ -264,6 +264,22 @@ def test_depth_of_another_size_is_refused_naming_both_sizes_and_2d_goes_on(peer,
         in node.output()
 
 
+def test_unaligned_depth_in_the_depth_cameras_frame_is_refused_and_2d_goes_on(peer, rgbd, node):
+    """RealSense's raw depth has the colour image's size: only its frame tells it apart."""
+    outputs = rgbd()
+    before = depth_counters(peer, CAMERAS[0]).get("frames_depth_refused", 0)
+
+    def unaligned(stamp):
+        return [depth_image(stamp, frame_id="camera_depth_optical_frame")]
+
+    _, frame = publish_rgbd(peer, outputs, ["segments"], unaligned)
+    assert frame["segments"].segments
+    assert all(s.depth_pixels == 0 for s in frame["segments"].segments)
+    wait_for_counter(peer, CAMERAS[0], "frames_depth_refused", before)
+    assert ("the depth image is in frame 'camera_depth_optical_frame' but the colour image in "
+            f"'{FRAME}'") in node.output()
+
+
 def test_missing_camera_info_is_reported_and_frames_are_published_in_2d(peer, rgbd, node):
     outputs = rgbd("/noinfo/color/segmentation")
     _, frame = publish_rgbd(peer, outputs, ["segments"], same_frame_depth, camera=CAMERAS[1],

@@ -11,7 +11,7 @@ from sensor_msgs.msg import CameraInfo, Image
 
 from fcclip_ros.geometry import Intrinsics
 from fcclip_ros.image_conversion import fill_image
-from helpers.rgbd_frame import ARC, reference_box
+from helpers.rgbd_frame import ARC, FRAME, reference_box
 
 ROWS, COLS = slice(200, 392), slice(240, 496)  # 192x256, the shelf bin with its objects
 RGB = np.ascontiguousarray(ARC["rgb"][ROWS, COLS])
@@ -22,12 +22,13 @@ P[2], P[6] = P[2] - COLS.start, P[6] - ROWS.start  # the crop moves the principa
 K = list(ARC["camera_info"]["K"])
 K[2], K[5] = K[2] - COLS.start, K[5] - ROWS.start
 INTRINSICS = Intrinsics.from_camera_info(WIDTH, HEIGHT, K, P)
-FRAME = "camera_color_optical_frame"
 
 
-def stamped(msg: Any, stamp: tuple[int, int]) -> Any:
+def stamped(msg: Any, stamp: tuple[int, int], frame_id: str = FRAME) -> Any:
+    """`msg` stamped in the colour optical frame, where a RealSense or OAK puts colour, depth
+    aligned to it and the colour CameraInfo alike."""
     msg.header.stamp.sec, msg.header.stamp.nanosec = stamp
-    msg.header.frame_id = FRAME
+    msg.header.frame_id = frame_id
     return msg
 
 
@@ -45,10 +46,11 @@ def sent(metres: np.ndarray) -> np.ndarray:
     return np.where(values > 0, values / 1000, np.nan)
 
 
-def depth_image(stamp: tuple[int, int], metres: np.ndarray = DEPTH) -> Image:
+def depth_image(stamp: tuple[int, int], metres: np.ndarray = DEPTH,
+                frame_id: str = FRAME) -> Image:
     msg = fill_image(Image(), millimetres(metres), "mono16")  # the same layout as 16UC1
     msg.encoding = "16UC1"
-    return stamped(msg, stamp)
+    return stamped(msg, stamp, frame_id)
 
 
 def camera_info(stamp: tuple[int, int]) -> CameraInfo:
