@@ -1,4 +1,5 @@
-"""`fcclip-ros`: offline segmentation, bags, export, weight download, and the node's ROS commands.
+"""`fcclip-ros`: offline segmentation, bags, export, weight download, label spaces for mappers,
+and the node's ROS commands.
 
 One module per command, each with `add_parser(subparsers)` and `run(args) -> int`. Importing
 this package imports no ROS module: the node commands import rclpy when they run.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from fcclip_ros.cli import bag, download, export, node_commands, segment
+from fcclip_ros.cli import bag, download, export, labelspace, node_commands, segment
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True)
     node_commands.add_subcommands(subparsers)
-    for command in (segment, bag, download, export):
+    for command in (segment, bag, download, export, labelspace):
         command.add_parser(subparsers)
     return parser
 
