@@ -26,6 +26,7 @@ import numpy as np
 
 from fcclip_ros.depth_pairing import DepthPairing, PendingDepth
 from fcclip_ros.geometry import (
+    MIN_BOX_DEPTH_PIXELS,
     NO_GEOMETRY,
     DepthError,
     DepthFrame,
@@ -98,8 +99,12 @@ class FramePipeline:
                  depth: DepthSource | None = None,
                  max_input_pixels: int = DEFAULT_MAX_INPUT_PIXELS,
                  tracker: SegmentTracker | None = None,
-                 warn: Callable[[str], None] = logger.warning) -> None:
+                 warn: Callable[[str], None] = logger.warning,
+                 min_box_depth_pixels: int = MIN_BOX_DEPTH_PIXELS) -> None:
+        """`min_box_depth_pixels`: the fewest depth readings a segment's 3D box is made from
+        (the setting's default, so every caller that does not pass it agrees)."""
         self.model, self.points_stride = model, points_stride
+        self.min_box_depth_pixels = min_box_depth_pixels
         self.tracker = tracker
         self.style = style or OverlayStyle()
         self.depth = depth
@@ -167,7 +172,8 @@ class FramePipeline:
         geometry = cloud = None
         if depth is not None:
             try:
-                geometry = segment_geometry(result.instances, depth.metres, depth.intrinsics)
+                geometry = segment_geometry(result.instances, depth.metres, depth.intrinsics,
+                                            self.min_box_depth_pixels)
                 if with_points:
                     cloud = point_cloud(rgb, result, depth.metres, depth.intrinsics,
                                         self.points_stride)

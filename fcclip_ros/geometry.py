@@ -3,21 +3,26 @@ intrinsics, per-segment 3D boxes, labelled point clouds and PLY files.
 
 Depth must be registered to the colour image (one depth reading per colour pixel, in the colour
 camera's optical frame: x right, y down, z forward), as RealSense `aligned_depth_to_color`, ZED
-and Orbbec publish it. 0, NaN and infinity mean "no reading".
+and Orbbec publish it. 0, NaN and infinity mean "no reading". Same size is not enough: the depth
+image's and the CameraInfo's header frame_id must be the colour image's (check_same_frame).
 
 A segment's 3D box comes from its *interior* depth pixels: the segment mask is eroded by
 `EROSION_PX` pixels (a square window), because the pixels at object borders are where depth
 cameras put "flying pixels" halfway between the object and the background. On each axis the box
 spans the `BOX_PERCENTILES` of the interior points (not their min/max, which one stray reading
 would stretch), and `center` is the middle of that span. A segment too thin to keep
-`MIN_INTERIOR_PIXELS` after erosion uses all its valid pixels instead.
+`MIN_INTERIOR_PIXELS` after erosion uses its valid pixels that are not on a depth step instead
+(on_depth_step: a reading between its two opposite neighbours' is a flying pixel; a thin
+object's own pixels stand in front of both). A segment with fewer than `min_pixels` readings so
+chosen (MIN_BOX_DEPTH_PIXELS by default) has no box.
 
 Lens distortion follows REP 104 (CameraInfo describes the *raw* image): pixels of a raw image
 from a camera with distortion (non-zero D) are undistorted through K and D before
 back-projection; a rectified image (`rectified`: an `image_rect*` topic, see
 fcclip_ros.topics.is_rectified_topic), or a camera without distortion, is a pinhole image of
 P (K where P is unset). Points are in the image's own optical frame; R (stereo rectification)
-is not applied.
+is not applied. CameraInfo's binning and region of interest scale and shift K and P to the
+image as sent, as image_geometry does.
 """
 
 from __future__ import annotations
@@ -338,17 +343,43 @@ def interior(instances: np.ndarray, erosion_px: int = EROSION_PX) -> np.ndarray:
     return (lowest == instances) & (highest == instances) & (instances != NO_INSTANCE)
 
 
-def segment_geometry(instances: np.ndarray, depth: np.ndarray,
-                     intrinsics: Intrinsics) -> dict[int, SegmentGeometry]:
-    """Segment id -> its box, for every segment with valid depth (see the module docstring)."""
+def on_depth_step(depth: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(N,) bool: whether each pixel's reading lies between those of two opposite neighbours
+    (left and right, up and down, or across a diagonal, 1 to EROSION_PX pixels away), more than
+    DEPTH_STEP of its depth from each: a flying pixel, mixed from the two sides of a depth edge.
+    A thin object's own pixels stand in front of both sides, so they are kept."""
+    height, width = depth.shape
+    z = depth[rows, cols]
+    margin = np.float32(DEPTH_STEP) * z
+    flying = np.zeros(rows.shape, bool)
+    for distance in range(1, EROSION_PX + 1):
+        for row_step, col_step in ((0, 1), (1, 0), (1, 1), (1, -1)):
+            r1, c1 = rows + row_step * distance, cols + col_step * distance
+            r2, c2 = rows - row_step * distance, cols - col_step * distance
+            inside = ((np.minimum(r1, r2) >= 0) & (np.maximum(r1, r2) < height)
+                      & (np.minimum(c1, c2) >= 0) & (np.maximum(c1, c2) < width))
+            near = depth[np.clip(r1, 0, height - 1), np.clip(c1, 0, width - 1)]
+            far = depth[np.clip(r2, 0, height - 1), np.clip(c2, 0, width - 1)]
+            near, far = np.fmin(near, far), np.fmax(near, far)  # NaN: compared as missing
+            flying |= inside & (near + margin < z) & (z + margin < far)
+    return flying
+
+
+def segment_geometry(instances: np.ndarray, depth: np.ndarray, intrinsics: Intrinsics,
+                     min_pixels: int = MIN_BOX_DEPTH_PIXELS) -> dict[int, SegmentGeometry]:
+    """Segment id -> its box, for every segment with at least `min_pixels` usable depth
+    readings (see the module docstring)."""
     check_registered(depth.shape, instances.shape)
     intrinsics.check_image(instances.shape[1], instances.shape[0])
     valid = np.isfinite(depth) & (instances != NO_INSTANCE)
     inner = valid & interior(instances)
     inner_counts = np.bincount(instances[inner], minlength=int(instances.max(initial=0)) + 1)
-    # Thin segments fall back to all their valid pixels.
+    # Thin segments fall back to their valid pixels that are not on a depth step.
     thin = np.flatnonzero(inner_counts < MIN_INTERIOR_PIXELS)
-    used = inner | (valid & np.isin(instances, thin))
+    fallback_rows, fallback_cols = np.nonzero(valid & np.isin(instances, thin))
+    kept = ~on_depth_step(depth, fallback_rows, fallback_cols)
+    used = inner.copy()
+    used[fallback_rows[kept], fallback_cols[kept]] = True
     rows, cols = np.nonzero(used)
     ids = instances[rows, cols]
     order = np.argsort(ids, kind="stable")
@@ -358,8 +389,8 @@ def segment_geometry(instances: np.ndarray, depth: np.ndarray,
     geometry = {}
     for segment_points, segment_ids in zip(np.split(points, runs), np.split(ids, runs),
                                            strict=True):
-        if not segment_ids.size:
-            continue  # no segment has depth
+        if segment_ids.size < max(min_pixels, 1):
+            continue  # too few readings for a box (or no segment has depth)
         low, high = np.percentile(segment_points, BOX_PERCENTILES, axis=0)
         geometry[int(segment_ids[0])] = SegmentGeometry(
             center=tuple(float(v) for v in (low + high) / 2),

