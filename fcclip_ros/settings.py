@@ -14,8 +14,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from fcclip_ros.geometry import MIN_BOX_DEPTH_PIXELS
 from fcclip_ros.image_conversion import DEFAULT_MAX_INPUT_PIXELS
-from fcclip_ros.topics import DEFAULT_IMAGE_TOPICS
+from fcclip_ros.topics import DEFAULT_IMAGE_TOPICS, RECTIFICATIONS
 from fcclip_ros.vocabulary import PRESETS
 
 MODES = ("panoptic", "semantic")
@@ -218,6 +219,21 @@ SETTINGS: tuple[Setting, ...] = (
         _text("A colour frame pairs with the depth of the same stamp, else with the nearest",
               "within this many seconds; without one its outputs are 2D only."),
         value_range=(0.0, 1.0), flag="--depth-max-delay", commands=("bag",),
+    ),
+    Setting(
+        "rectification", str, "auto",
+        _text("Whether the colour images are raw (the 3D undoes the CameraInfo's lens distortion",
+              "through K and D) or rectified (back-projected through P, the distortion ignored).",
+              "auto: by the topic's name, rectified for image_rect* (image_proc's names), raw",
+              "otherwise; image files (segment) are raw."),
+        choices=RECTIFICATIONS, flag="--rectification", commands=("segment",),
+    ),
+    Setting(
+        "min_box_depth_pixels", int, MIN_BOX_DEPTH_PIXELS,
+        _text("A segment gets a 3D box (center, size, marker, detections_3d entry) from at least",
+              "this many depth readings away from its border and from depth steps; with fewer it",
+              "has none (depth_pixels 0)."),
+        value_range=(1, 1000000), flag="--min-box-depth-pixels", commands=("segment",),
     ),
     Setting(
         "points_stride", int, 2,

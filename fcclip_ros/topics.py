@@ -17,6 +17,7 @@ from fcclip_ros.outputs import OUTPUTS_BY_NAME
 
 DEFAULT_IMAGE_TOPICS = ("image",)
 CAMERA_INFO = "camera_info"
+RECTIFICATIONS = ("auto", "raw", "rectified")  # what the `rectification` setting can say
 
 
 def output_namespace(topic: str) -> str:
@@ -36,6 +37,18 @@ def is_rectified_topic(image_topic: str) -> bool:
     image_rect_color, ...; a /compressed transport suffix is looked through)."""
     name = image_topic.rstrip("/").removesuffix("/compressed").rpartition("/")[2]
     return name.startswith("image_rect")
+
+
+def images_rectified(rectification: str, image_topic: str = "") -> bool:
+    """Whether a camera's images are rectified, as `rectification` (one of RECTIFICATIONS) says;
+    "auto" goes by the topic's name (is_rectified_topic), and takes images without a topic
+    (image files) as raw."""
+    if rectification not in RECTIFICATIONS:
+        raise ValueError(f"rectification {rectification!r} is not one of "
+                         f"{', '.join(RECTIFICATIONS)}")
+    if rectification == "auto":
+        return is_rectified_topic(image_topic)
+    return rectification == "rectified"
 
 
 def resolve_topic(topic: str, namespace: str) -> str:

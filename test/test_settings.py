@@ -54,6 +54,15 @@ def test_one_default_for_what_used_to_drift():
     assert default("max_input_pixels") == DEFAULT_MAX_INPUT_PIXELS
 
 
+def test_the_3d_defaults_are_the_geometrys_and_the_frame_pipelines():
+    from fcclip_ros.frame_pipeline import FramePipeline
+    from fcclip_ros.geometry import MIN_BOX_DEPTH_PIXELS
+
+    assert default("min_box_depth_pixels") == MIN_BOX_DEPTH_PIXELS == (
+        FramePipeline("tiny", 1).min_box_depth_pixels)
+    assert default("rectification") == "auto"
+
+
 def test_the_bag_job_defaults_are_the_tables():
     from fcclip_ros.ros.bag import BagOptions
 
@@ -66,12 +75,13 @@ def test_choices_are_the_lists_of_the_modules_that_use_them():
     from fcclip_ros.backends import BACKENDS
     from fcclip_ros.engine import MODES, PRECISIONS
     from fcclip_ros.model.config import VARIANTS
+    from fcclip_ros.topics import RECTIFICATIONS
     from fcclip_ros.vocabulary import PRESETS
 
     choices = {setting.name: setting.choices for setting in SETTINGS if setting.choices}
     assert choices == {"transport": ("raw", "compressed"), "model": tuple(VARIANTS),
                        "precision": PRECISIONS, "backend": BACKENDS, "mode": MODES,
-                       "vocabulary_preset": PRESETS}
+                       "vocabulary_preset": PRESETS, "rectification": RECTIFICATIONS}
 
 
 def test_the_table_loads_no_torch_as_the_launch_file_imports_it():

@@ -18,6 +18,7 @@ from fcclip_ros.geometry import (
     depth_in_metres,
     read_camera_info_yaml,
 )
+from fcclip_ros.topics import images_rectified
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -44,16 +45,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "and writes <stem>_points.ply (x y z red green blue label instance)")
     parser.add_argument("--camera-info", type=Path, metavar="K.yaml",
                         help="the colour camera's calibration YAML (ROS camera_info format); "
-                        "needed with --depth. The IMAGE is taken as raw: its pixels are "
-                        "undistorted with camera_matrix and distortion_coefficients")
+                        "needed with --depth. The IMAGE is taken as raw (its pixels undistorted "
+                        "with camera_matrix and distortion_coefficients) unless --rectified")
     parser.add_argument("--track", action="store_true",
                         help="the IMAGEs are one sequence, in the order given (frames of one "
                         "camera): give each segment a track id (track_id in the json) that the "
                         "same object keeps from image to image; without it track_id is 0")
-    parser.add_argument("--rectified", action="store_true",
-                        help="the IMAGE is rectified: back-project with projection_matrix and "
-                        "ignore the distortion")
     add_setting_flags(parser, "segment")
+    parser.add_argument("--rectified", dest="rectification", action="store_const",
+                        const="rectified", default=argparse.SUPPRESS,
+                        help="the IMAGE is rectified: back-project with projection_matrix and "
+                        "ignore the distortion (--rectification rectified)")
     parser.set_defaults(func=run)
 
 
@@ -73,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                              panoptic=engine.mode == "panoptic") if args.track else None
     pipeline = FramePipeline(engine.config.model, args.points_stride,
                              max_input_pixels=args.max_input_pixels, tracker=tracker,
-                             warn=lambda reason: print(reason, file=sys.stderr))
+                             warn=lambda reason: print(reason, file=sys.stderr),
+                             min_box_depth_pixels=args.min_box_depth_pixels)
     args.out.mkdir(parents=True, exist_ok=True)
     failures = 0
     for index, path in enumerate(args.images):
@@ -121,15 +124,16 @@ def _read_image(path: Path, max_pixels: int) -> np.ndarray:
 def _depth_arguments(args: argparse.Namespace) -> Intrinsics | None:
     """The camera's intrinsics when --depth is given (DepthError says what is wrong)."""
     if not args.depth:
-        if args.camera_info or args.rectified:
-            raise DepthError("--camera-info and --rectified are only used with --depth")
+        if args.camera_info or args.rectification != "auto":
+            raise DepthError("--camera-info and --rectified are only used with --depth (so is "
+                             "--rectification)")
         return None
     if len(args.depth) != len(args.images):
         raise DepthError(f"{len(args.depth)} --depth for {len(args.images)} images: give one "
                          "depth image per IMAGE, in the same order")
     if args.camera_info is None:
         raise DepthError("--depth needs --camera-info (the colour camera's calibration YAML)")
-    return read_camera_info_yaml(args.camera_info, args.rectified)
+    return read_camera_info_yaml(args.camera_info, images_rectified(args.rectification))
 
 
 def _read_depth(path: Path, shape: tuple[int, ...], intrinsics: Intrinsics,

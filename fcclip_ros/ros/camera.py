@@ -24,7 +24,7 @@ from fcclip_ros.image_conversion import compressed_to_rgb, image_to_rgb
 from fcclip_ros.outputs import OUTPUTS_BY_NAME, available
 from fcclip_ros.ros.diagnostics import CameraStats
 from fcclip_ros.ros.messages import FRAME_MESSAGES, VOCABULARY_MESSAGES, message_class, vision_msgs
-from fcclip_ros.topics import camera_info_topic, is_rectified_topic, output_namespace
+from fcclip_ros.topics import camera_info_topic, images_rectified, output_namespace
 from fcclip_ros.vocabulary import VocabularyState
 
 # Latest-frame semantics: a best-effort depth-1 subscription matches reliable and best-effort
@@ -63,7 +63,8 @@ class Camera:
                  pipeline: dict[str, Any], depth_topic: str = "", info_topic: str = "",
                  depth_max_delay_s: float = 0.0) -> None:
         """`pipeline`: FramePipeline's settings (model, points_stride, style,
-        max_input_pixels, tracker)."""
+        max_input_pixels, tracker). The 3D settings `rectification` and
+        `min_box_depth_pixels` (read-only) are read from the node's parameters."""
         self.index, self.topic = index, topic
         self._node = node
         self.source = f"{topic}/compressed" if compressed else topic
@@ -73,11 +74,12 @@ class Camera:
         self.info_topic = info_topic or camera_info_topic(topic)
         # The worker waits for a depth that may still come at most depth_max_delay_s after the
         # colour frame arrived; by then a network of any speed has usually been running longer.
-        depth = DepthSource(self.info_topic, is_rectified_topic(topic), depth_max_delay_s,
+        rectified = images_rectified(node.get_parameter("rectification").value, topic)
+        depth = DepthSource(self.info_topic, rectified, depth_max_delay_s,
                             wait_s=depth_max_delay_s) if depth_topic else None
         self.pipeline = FramePipeline(
             depth=depth, warn=lambda reason: node.get_logger().warning(f"{self.source}: {reason}"),
-            **pipeline)
+            min_box_depth_pixels=node.get_parameter("min_box_depth_pixels").value, **pipeline)
         self.stats = CameraStats()
         self.subscriptions: list[Any] = []
         self.latest: LatestEmbeddings | None = None  # replaced whole, read without a lock
