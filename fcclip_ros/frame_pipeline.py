@@ -55,7 +55,7 @@ class DepthSource:
     """Where a camera's 3D comes from, and how colour and depth pair."""
 
     info_topic: str  # named in the reason when no CameraInfo came
-    rectified: bool  # image_rect*: back-project through P, else K with the distortion undone
+    rectified: bool  # back-project through P, else K with the distortion undone (images_rectified)
     max_delay_s: float
     wait_s: float  # how long after a colour frame arrived a depth for it is waited for
 

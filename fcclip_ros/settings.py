@@ -202,10 +202,10 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "depth_topics", tuple, (),
-        _text("Depth topics registered to the colour images (same size; 16UC1 mm or 32FC1 m, e.g.",
-              "RealSense aligned_depth_to_color/image_raw), one per image topic in the same order",
-              '("" for a camera without depth). They turn on the 3D outputs (points, markers,',
-              "detections_3d, the Segment 3D fields); empty: no 3D."),
+        _text("Depth topics registered to the colour images (same size and frame_id; 16UC1 mm or",
+              "32FC1 m, e.g. RealSense aligned_depth_to_color/image_raw), one per image topic in",
+              'the same order ("" for a camera without depth). They turn on the 3D outputs',
+              "(points, markers, detections_3d, the Segment 3D fields); empty: no 3D."),
         flag="--depth-topics", commands=("bag",),
     ),
     Setting(
