@@ -41,8 +41,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--preset", choices=PRESETS, help="a built-in vocabulary")
     vocabulary = SETTINGS_BY_NAME["vocabulary"]
-    source.add_argument("--vocabulary", type=converter(vocabulary), metavar='"A; B, B2 [stuff]"',
-                        help=f"{vocabulary.help} (entries separated by \"{vocabulary.separator}\")")
+    source.add_argument(
+        "--vocabulary", type=converter(vocabulary), metavar='"A; B, B2 [stuff]"',
+        help=f'classes separated by "{vocabulary.separator}", each "name" or "name, synonym, ..." '
+        "with an optional [thing] or [stuff] tag, as for segment and bag")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the files into")
     parser.add_argument(
         "--dynamic", type=converter(vocabulary), default=(), metavar='"A; B"',
