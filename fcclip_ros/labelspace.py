@@ -13,7 +13,7 @@ A class id is the class's index in the vocabulary, the value of the `labels` ima
   Kimera-Semantics' ``SemanticLabel2Color`` read this header.
 
 Unlabeled pixels (65535) are left out of ``total_semantic_labels``: Hydra integrates their depth
-and skips them in the semantic update. With ``mask_unlabeled`` 65535 is also an
+and its default (MLE) semantic update skips them. With ``mask_unlabeled`` 65535 is also an
 ``invalid_label``, and Hydra leaves those pixels out of the map entirely. Hydra masks dynamic
 labels the same way. Negative classes are never reported, so they appear nowhere.
 """

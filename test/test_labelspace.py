@@ -12,6 +12,7 @@ import pytest
 import yaml
 from helpers.node_process import TEST_PARAMETERS, NodeProcess, Peer
 
+from fcclip_ros.cli import main
 from fcclip_ros.labelspace import COLOUR_HEADER, COLOURS_FILE, HYDRA_FILE, write_label_space
 from fcclip_ros.overlay import class_color
 from fcclip_ros.result import UNLABELED
@@ -116,6 +117,17 @@ def test_the_command_writes_a_preset_and_a_class_list(tmp_path):
     assert result.returncode == 0, result.stderr
     assert_describes(tmp_path / "custom", Vocabulary.from_entries(CUSTOM).classes)
     assert read_back(tmp_path / "custom")[0]["dynamic_labels"] == [0]
+
+
+def test_classes_sharing_a_colour_and_too_many_for_kimera_are_warned_about(tmp_path, capsys):
+    assert main(["labelspace", "--preset", "ade20k_full", "--kimera", "--out", str(tmp_path)]) == 0
+    warnings = capsys.readouterr().err
+    pots = [index for index, name in enumerate(Vocabulary.from_preset("ade20k_full").names)
+            if name == "pot"]
+    assert f"classes {pots[0]} 'pot', {pots[1]} 'pot' share a colour" in warnings
+    assert "847 classes, but Kimera-Semantics is compiled for 21 labels" in warnings
+    assert main(["labelspace", "--preset", "cityscapes", "--out", str(tmp_path)]) == 0
+    assert capsys.readouterr().err == ""
 
 
 @pytest.mark.parametrize(("arguments", "reason"), [
