@@ -23,6 +23,10 @@ setup(
         "open_clip_torch>=2.26",
         "scipy",  # the tracker's assignment (linear_sum_assignment)
     ],
-    extras_require={"bag": ["mcap>=1.5", "mcap-ros2-support>=0.5", "tqdm"]},  # 1.5: Writer.flush
+    extras_require={
+        "bag": ["mcap>=1.5", "mcap-ros2-support>=0.5", "tqdm"],  # 1.5: Writer.flush
+        # `fcclip-ros bag --ray`: the bags on a Ray cluster (actors, max_concurrency, SPREAD)
+        "ray": ["mcap>=1.5", "mcap-ros2-support>=0.5", "tqdm", "ray>=2.10"],
+    },
     entry_points={"console_scripts": ["fcclip-ros = fcclip_ros.cli:main"]},
 )

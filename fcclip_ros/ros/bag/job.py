@@ -50,6 +50,7 @@ from fcclip_ros.result import Segmentation
 from fcclip_ros.ros.bag.message_definitions import message_type_name
 from fcclip_ros.ros.bag.reader import IMAGE_TYPES, BagError, InputBag, Topic
 from fcclip_ros.ros.bag.resume import (
+    NothingToResumeError,
     discard_killed_run,
     read_progress,
     read_tracks,
@@ -79,6 +80,10 @@ RECORDED_DEPTH_WAIT_S = 1.0
 BUFFER_HORIZON_S = 2.0
 BUFFER_MAX_BYTES = 64 * 2**20
 LATCHED_OUTPUTS = tuple(output.name for output in OUTPUTS if output.latched)
+
+
+class BagCompleteError(BagError):
+    """--resume of an output that is already complete, with the same input and settings."""
 
 
 @dataclass(frozen=True)
@@ -315,7 +320,7 @@ class BagJob:
                               f"{self.out}, up to its last whole frame")
         path = files["mcap"]
         if not path.is_file():
-            raise BagError(f"--resume: {path} does not exist (nothing to continue)")
+            raise NothingToResumeError(f"--resume: {path} does not exist (nothing to continue)")
         try:
             progress = read_progress(path)
         except (McapError, ValueError, OSError) as error:
@@ -330,7 +335,7 @@ class BagJob:
         if progress.get("complete") == "true":
             if not files["metadata"].is_file():  # stopped between its last two steps
                 write_rosbag2_metadata(self.out)
-            raise BagError(f"--resume: {path} is already complete")
+            raise BagCompleteError(f"--resume: {path} is already complete")
         self._previous_tracks = read_tracks(path)
         if (self.options.tracking is not None and self._previous_tracks is None
                 and int(progress.get("frames_done", 0)) > 0):

@@ -26,6 +26,10 @@ from fcclip_ros.ros.bag.writer import (
 )
 
 
+class NothingToResumeError(BagError):
+    """An output folder holds nothing a run could continue from (a fleet starts it again)."""
+
+
 def recover_killed_run(folder: Path) -> int | None:
     """Finishes what a killed run left in `folder` (a partial MCAP without summary, and its
     checkpoint log): the messages up to its last checkpoint that the file holds whole, with
@@ -43,8 +47,8 @@ def recover_killed_run(folder: Path) -> int | None:
     whole = sum(1 for record in _whole_records(files["killed"]) if isinstance(record[0], Message))
     usable = [c for c in checkpoints if c.get("messages_written", whole + 1) <= whole]
     if header is None or not usable:
-        raise BagError(f"{folder}: the run stopped before it wrote anything usable; remove "
-                       "the folder and start again")
+        raise NothingToResumeError(f"{folder}: the run stopped before it wrote anything usable; "
+                                   "remove the folder and start again")
     last = usable[-1]
     keep = last.pop("messages_written")
     tracks = tracks_file(folder, keep)
