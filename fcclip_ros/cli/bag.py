@@ -106,6 +106,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
+        import tqdm  # noqa: F401  (the progress bars below: missing, it is named here)
+
         from fcclip_ros.ros.bag import BagError
         from fcclip_ros.ros.bag.fleet import expand_inputs
     except ModuleNotFoundError as error:
@@ -299,17 +301,14 @@ def _run_on_ray(args: argparse.Namespace, config: EngineConfig, inputs: list[Pat
 def _finish(args: argparse.Namespace, bags: list[PlannedBag], outcomes: dict[int, BagOutcome],
             stopped: bool, bar: tqdm) -> int:
     """The bar closed, then each bag's notes (stderr), the table and the last line."""
-    from fcclip_ros.ros.bag.fleet import exit_status, notes, summary
+    from fcclip_ros.ros.bag.fleet import complete, exit_status, notes, summary
 
     bar.close()
     for line in notes(bags, outcomes):
         print(line, file=sys.stderr)
     print("\n".join(summary(bags, outcomes)))
-    code = exit_status(outcomes, stopped)
-    complete = sum(bag.complete or (bag.index in outcomes
-                                    and outcomes[bag.index].status == "complete")
-                   for bag in bags)
-    line = f"{args.out}: {complete} of {len(bags)} bags complete"
+    code = exit_status(bags, outcomes, stopped)
+    line = f"{args.out}: {complete(bags, outcomes)} of {len(bags)} bags complete"
     if code == 130:
         print(f"{line}; interrupted: every unfinished bag is resumable. Continue with the same "
               "command and --resume", file=sys.stderr)

@@ -229,6 +229,8 @@ def summary(bags: list[PlannedBag], outcomes: dict[int, BagOutcome]) -> list[str
         frames_and_time = workers.setdefault((outcome.worker, outcome.node), [0, 0.0])
         frames_and_time[0] += outcome.frames_processed
         frames_and_time[1] += outcome.busy_seconds
+    if not workers:
+        return lines
     worker_width = max([len(worker) for worker, _ in workers] + [6])
     lines.append(f"{'worker':<{worker_width}}  {'frames':>6}  {'frames/s':>8}  node")
     for (worker, node), (frames, seconds) in sorted(workers.items()):
@@ -260,10 +262,16 @@ def notes(bags: list[PlannedBag], outcomes: dict[int, BagOutcome]) -> list[str]:
     return lines
 
 
-def exit_status(outcomes: dict[int, BagOutcome], stopped: bool) -> int:
-    """130 stopped (every output resumable), 2 a bag failed (resumable), 1 all done but some
-    frames were not segmented or damaged input was skipped, 0 all done."""
-    if stopped:
+def complete(bags: list[PlannedBag], outcomes: dict[int, BagOutcome]) -> int:
+    """How many of the bags are complete now (before this run, or by it)."""
+    return sum(bag.complete or (bag.index in outcomes and outcomes[bag.index].status == "complete")
+               for bag in bags)
+
+
+def exit_status(bags: list[PlannedBag], outcomes: dict[int, BagOutcome], stopped: bool) -> int:
+    """130 stopped before every bag was complete (each resumable), 2 a bag failed (resumable),
+    1 all done but some frames were not segmented or damaged input was skipped, 0 all done."""
+    if stopped and complete(bags, outcomes) < len(bags):
         return 130
     if any(outcome.error for outcome in outcomes.values()):
         return 2
