@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -207,17 +208,26 @@ def test_ray_missing_is_said_in_one_line_with_how_to_install_it(recordings, tmp_
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize(("inputs", "message"), [
-    (["a/drive.mcap", "b/drive.mcap"], "would both write"),
-    (["a/drive.mcap", "a/drive.mcap"], "are the same input"),
-    (["a/nothing_*.mcap"], "matches no file or folder"),
+def _closed_port() -> int:
+    """A local port that no one listens on."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(("inputs", "extra", "message"), [
+    (["a/drive.mcap", "b/drive.mcap"], [], "would both write"),
+    (["a/drive.mcap", "a/drive.mcap"], [], "are the same input"),
+    (["a/nothing_*.mcap"], [], "matches no file or folder"),
+    (["a/drive.mcap"], ["--ray-address", f"127.0.0.1:{_closed_port()}"],
+     "no Ray cluster answers at 127.0.0.1:"),
 ])
-def test_inputs_that_cannot_each_get_their_own_output_are_refused_in_one_line(
-        tmp_path, capsys, inputs, message):
+def test_inputs_or_a_cluster_that_cannot_be_used_are_refused_in_one_line(
+        tmp_path, capsys, inputs, extra, message):
     for folder in ("a", "b"):
         _recording(tmp_path / folder / "drive.mcap", 1, seed=0)
     code = cli.main(["bag", *(str(tmp_path / name) for name in inputs), "--out",
-                     str(tmp_path / "out"), *ENGINE_ARGS])
+                     str(tmp_path / "out"), *ENGINE_ARGS, *extra])
     err = capsys.readouterr().err
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err

@@ -12,8 +12,6 @@ from typing import TYPE_CHECKING
 from fcclip_ros.cli.arguments import add_setting_flags, engine_config
 
 if TYPE_CHECKING:
-    from tqdm import tqdm
-
     from fcclip_ros.engine import EngineConfig
     from fcclip_ros.ros.bag import BagOptions
     from fcclip_ros.ros.bag.fleet import BagOutcome, FrameTally, PlannedBag
@@ -106,8 +104,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        import tqdm  # noqa: F401  (the progress bars below: missing, it is named here)
-
         from fcclip_ros.ros.bag import BagError
         from fcclip_ros.ros.bag.fleet import expand_inputs
     except ModuleNotFoundError as error:
@@ -234,22 +230,14 @@ INTERRUPTED_EARLY = "fcclip-ros bag: interrupted before the first frame; nothing
 
 def _run_many(args: argparse.Namespace, inputs: list[Path]) -> int:
     """Several inputs (or --ray): one output bag each, in this process or on Ray workers."""
-    from tqdm import tqdm
-
     from fcclip_ros.engine import Engine, EngineError, resolved_settings
     from fcclip_ros.ros.bag import BagError
     from fcclip_ros.ros.bag.fleet import FrameTally, LocalRun, output_folders, plan
 
     config = engine_config(args, "bag")
+    tally = FrameTally(f"segmenting {len(inputs)} bag{'s' if len(inputs) > 1 else ''}")
     try:
         output_folders(inputs, args.out)  # name clashes, before anything starts
-    except BagError as error:
-        print(f"fcclip-ros bag: {error}", file=sys.stderr)
-        return 2
-    bar = tqdm(total=0, unit="frame", file=sys.stderr, dynamic_ncols=True,
-               desc=f"segmenting {len(inputs)} bag{'s' if len(inputs) > 1 else ''}")
-    tally = FrameTally(bar)
-    try:
         if args.ray:
             return _run_on_ray(args, config, inputs, tally)
         settings = resolved_settings(config)
@@ -258,17 +246,17 @@ def _run_many(args: argparse.Namespace, inputs: list[Path]) -> int:
         to_do = [bag for bag in bags if not bag.complete]
         run = LocalRun(Engine(config) if to_do else None, tally)
     except (BagError, EngineError) as error:
-        bar.close()
+        tally.close()
         print(f"fcclip-ros bag: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        bar.close()
+        tally.close()
         print(INTERRUPTED_EARLY, file=sys.stderr)
         return 130
-    bar.reset(total=sum(bag.frames_total for bag in to_do))
+    tally.start(sum(bag.frames_total for bag in to_do))
     _on_stop_signals(run.stop, tally.say, "the bag in progress")
     outcomes = run.run(bags)
-    return _finish(args, bags, outcomes, run.stopped, bar)
+    return _finish(args, bags, outcomes, run.stopped, tally)
 
 
 def _run_on_ray(args: argparse.Namespace, config: EngineConfig, inputs: list[Path],
@@ -278,32 +266,32 @@ def _run_on_ray(args: argparse.Namespace, config: EngineConfig, inputs: list[Pat
     from fcclip_ros.ros.bag.fleet import plan
     from fcclip_ros.ros.bag.fleet_ray import RayRun, RayUsageError, connect, worker_shape
 
-    local = connect(args.ray_address)
     try:
+        local = connect(args.ray_address)
         shape = worker_shape(args.workers, args.cpus_per_worker, args.gpus_per_worker,
                              len(inputs), local)
         run = RayRun(shape, config, tally)
         settings = run.settings()
         options = _bag_options(args, settings)
         bags = plan(inputs, args.out, options, settings, args.resume)
-        tally.bar.reset(total=sum(bag.frames_total for bag in bags if not bag.complete))
+        tally.start(sum(bag.frames_total for bag in bags if not bag.complete))
         _on_stop_signals(run.stop, tally.say, "the bags")
         outcomes = run.run(bags, options, args.resume)
     except RayUsageError as error:
-        tally.bar.close()
+        tally.close()
         print(f"fcclip-ros bag: {error}", file=sys.stderr)
         return 2
     finally:
         ray.shutdown()
-    return _finish(args, bags, outcomes, run.stopped, tally.bar)
+    return _finish(args, bags, outcomes, run.stopped, tally)
 
 
 def _finish(args: argparse.Namespace, bags: list[PlannedBag], outcomes: dict[int, BagOutcome],
-            stopped: bool, bar: tqdm) -> int:
+            stopped: bool, tally: FrameTally) -> int:
     """The bar closed, then each bag's notes (stderr), the table and the last line."""
     from fcclip_ros.ros.bag.fleet import complete, exit_status, notes, summary
 
-    bar.close()
+    tally.close()
     for line in notes(bags, outcomes):
         print(line, file=sys.stderr)
     print("\n".join(summary(bags, outcomes)))

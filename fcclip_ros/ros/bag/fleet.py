@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tqdm import tqdm
+
 from fcclip_ros.engine import Engine
 from fcclip_ros.ros.bag.job import BagCompleteError, BagJob, BagOptions, BagReport
 from fcclip_ros.ros.bag.reader import BagError
@@ -163,20 +165,33 @@ def run_job(job: BagJob, engine: Engine, on_frame: Callable[[int], None],
 
 
 class FrameTally:
-    """The frames done per bag, summed into one progress bar (a bag's count may go down when a
-    retried bag resumes from its last checkpoint)."""
+    """The frames done per bag, summed into one progress bar on stderr, shown from `start` on (a
+    bag's count may go down when a retried bag resumes from its last checkpoint)."""
 
-    def __init__(self, bar: Any) -> None:
-        self.bar = bar
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self.bar: tqdm | None = None
         self.done: dict[int, int] = {}
+
+    def start(self, total: int) -> None:
+        self.bar = tqdm(total=total, unit="frame", desc=self.description, file=sys.stderr,
+                        dynamic_ncols=True)
 
     def set(self, index: int, frames_done: int) -> None:
         self.done[index] = frames_done
-        self.bar.update(sum(self.done.values()) - self.bar.n)
+        if self.bar is not None:
+            self.bar.update(sum(self.done.values()) - self.bar.n)
 
     def say(self, line: str) -> None:
-        """A line on stderr above the bar."""
-        self.bar.write(line, file=sys.stderr)
+        """A line on stderr, above the bar."""
+        if self.bar is None:
+            print(line, file=sys.stderr)
+        else:
+            self.bar.write(line, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 class LocalRun:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import sys
 import time
 from collections import deque
@@ -30,6 +31,7 @@ MAX_ATTEMPTS = 3  # per bag: the first run and two after a worker died under it
 WORKER_RESTARTS = 2  # per worker (Ray's max_restarts), then it is left out
 POLL_S = 0.2  # how often the driver looks at finished bags and the progress board
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # the local instance moves only small reports
+CONNECT_TIMEOUT_S = 10
 
 
 class RayUsageError(Exception):
@@ -44,9 +46,25 @@ def connect(address: str | None) -> bool:
     if address is None:
         ray.init(address="local", include_dashboard=False,
                  object_store_memory=LOCAL_OBJECT_STORE_BYTES, **options)
-    else:
+        return True
+    _check_reachable(address)
+    try:
         ray.init(address=address, **options)
-    return address is None
+    except ConnectionError as error:
+        raise RayUsageError(f"cannot join the Ray cluster at {address}: {error}") from error
+    return False
+
+
+def _check_reachable(address: str) -> None:
+    """A host:port that accepts no connection is refused at once (ray.init would retry it for
+    minutes)."""
+    host, _, port = address.rpartition(":")
+    if not (host and port.isdigit()) or "/" in host:
+        return  # "auto", ray://...: Ray's to resolve
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as error:
+        raise RayUsageError(f"no Ray cluster answers at {address} ({error})") from error
 
 
 @dataclass(frozen=True)
