@@ -22,8 +22,6 @@ from mcap.reader import make_reader
 
 from fcclip_ros import cli
 
-pytest.importorskip("ray")
-
 FCCLIP_ROS = [sys.executable, "-m", "fcclip_ros.cli"]
 ENGINE_ARGS = ["--model", "tiny", "--weights", "random", "--clip-weights", "random",
                "--short-side", "64", "--overlap-threshold", "0",
@@ -107,6 +105,7 @@ def references(recordings: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[tuple[str, list[str]]]:
+    pytest.importorskip("ray")  # in the test venv (requirements/dev.txt); optional for users
     with two_node_cluster() as running:
         yield running
 

@@ -115,8 +115,10 @@ def run(args: argparse.Namespace) -> int:
     args.ray = args.ray or bool(args.ray_address)
     if args.ray:
         try:
-            import ray  # noqa: F401
-        except ModuleNotFoundError:
+            import ray  # noqa: F401  (only whether it is there)
+        except ModuleNotFoundError as error:
+            if error.name != "ray":
+                raise
             print(f"fcclip-ros bag --ray needs Ray: {RAY_INSTALL}", file=sys.stderr)
             return 2
     try:
