@@ -352,6 +352,11 @@ class Engine:
         self._thresholds = wanted
 
     @property
+    def object_mask_threshold(self) -> float:
+        """The global score threshold in force (LabelInfo.threshold)."""
+        return self._thresholds[0]
+
+    @property
     def embedding_dim(self) -> int:
         """Dimension of the segment and text embeddings (CLIP's joint space)."""
         return self.model.config.embed_dim

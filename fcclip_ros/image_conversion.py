@@ -144,7 +144,7 @@ _LAYOUTS = _layouts()
 SUPPORTED_ENCODINGS = frozenset(_LAYOUTS)
 
 # Encodings of the images the node publishes: NumPy dtype and channel count.
-_OUTPUT_LAYOUTS = {"mono16": ("u2", 1), "32FC1": ("f4", 1), "rgb8": ("u1", 3)}
+_OUTPUT_LAYOUTS = {"mono16": ("u2", 1), "32SC1": ("i4", 1), "32FC1": ("f4", 1), "rgb8": ("u1", 3)}
 
 
 def _raw_pixels(msg: Any, layout: _Layout) -> np.ndarray:
@@ -246,7 +246,7 @@ def compressed_to_rgb(msg: Any, max_pixels: int = DEFAULT_MAX_INPUT_PIXELS) -> n
 
 
 def fill_image(msg: Any, pixels: np.ndarray, encoding: str) -> Any:
-    """Write pixels into an Image message (header untouched) as mono16, 32FC1 or rgb8."""
+    """Write pixels into an Image message (header untouched) as mono16, 32SC1, 32FC1 or rgb8."""
     if encoding not in _OUTPUT_LAYOUTS:
         raise ValueError(f"cannot publish encoding {encoding!r}; one of {sorted(_OUTPUT_LAYOUTS)}")
     kind, channels = _OUTPUT_LAYOUTS[encoding]

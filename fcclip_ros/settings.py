@@ -226,14 +226,14 @@ SETTINGS: tuple[Setting, ...] = (
               "through K and D) or rectified (back-projected through P, the distortion ignored).",
               "auto: by the topic's name, rectified for image_rect* (image_proc's names), raw",
               "otherwise; image files (segment) are raw."),
-        choices=RECTIFICATIONS, flag="--rectification", commands=("segment",),
+        choices=RECTIFICATIONS, flag="--rectification", commands=OFFLINE,
     ),
     Setting(
         "min_box_depth_pixels", int, MIN_BOX_DEPTH_PIXELS,
         _text("A segment gets a 3D box (center, size, marker, detections_3d entry) from at least",
               "this many depth readings away from its border and from depth steps; with fewer it",
               "has none (depth_pixels 0)."),
-        value_range=(1, 1000000), flag="--min-box-depth-pixels", commands=("segment",),
+        value_range=(1, 1000000), flag="--min-box-depth-pixels", commands=OFFLINE,
     ),
     Setting(
         "points_stride", int, 2,

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import cv2
 import imgviz
@@ -38,30 +38,16 @@ def test_an_unknown_rectification_is_refused_naming_the_choices():
 
 
 @pytest.fixture
-def parameterised_node() -> Iterator[Callable[..., object]]:
-    """A lifecycle node in its own context with every setting declared, the given ones
-    overridden, as the node declares them."""
+def node() -> Iterator[object]:
+    """A lifecycle node in its own context, for a camera's publishers."""
     import rclpy
     from rclpy.lifecycle import LifecycleNode
-    from rclpy.parameter import Parameter
-
-    from fcclip_ros.ros import parameters
 
     context = rclpy.Context()
     rclpy.init(context=context)
-    made = []
-
-    def make(**overrides: object) -> LifecycleNode:
-        node = LifecycleNode(f"test_3d_settings_{len(made)}", context=context,
-                             parameter_overrides=[Parameter(name, value=value)
-                                                  for name, value in overrides.items()])
-        parameters.declare(node)
-        made.append(node)
-        return node
-
-    yield make
-    for node in made:
-        node.destroy_node()
+    made = LifecycleNode("test_3d_settings", context=context)
+    yield made
+    made.destroy_node()
     rclpy.shutdown(context=context)
 
 
@@ -72,12 +58,13 @@ def parameterised_node() -> Iterator[Callable[..., object]]:
     ("raw", "/cam/color/image_rect_color", False),
 ])
 def test_a_node_camera_back_projects_as_its_rectification_parameter_says(
-        parameterised_node, rectification, topic, rectified):
+        node, rectification, topic, rectified):
     from fcclip_ros.ros.camera import Camera
 
-    node = parameterised_node(rectification=rectification, min_box_depth_pixels=7)
-    camera = Camera(node, 0, topic, False, {"model": "tiny", "points_stride": 2},
-                    depth_topic="/cam/aligned_depth_to_color/image_raw", depth_max_delay_s=0.05)
+    camera = Camera(node, 0, topic, False,
+                    {"model": "tiny", "points_stride": 2, "min_box_depth_pixels": 7},
+                    depth_topic="/cam/aligned_depth_to_color/image_raw", depth_max_delay_s=0.05,
+                    rectification=rectification)
     try:
         assert camera.pipeline.depth.rectified is rectified
         assert camera.pipeline.min_box_depth_pixels == 7

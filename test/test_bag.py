@@ -615,25 +615,45 @@ def test_bag_with_depth_writes_segment_boxes_points_and_markers_like_the_node(tm
     np.testing.assert_array_equal(array["label"], label_image[rows, cols])
 
 
-@pytest.mark.parametrize("colour", ["/rgbd/color/image_raw", "/rgbd/color/image_rect_color"])
-def test_bag_undoes_lens_distortion_of_raw_images_only(tmp_path, capsys, colour):
+@pytest.mark.parametrize("colour, rectification, rectified", [
+    ("/rgbd/color/image_raw", "auto", False),
+    ("/rgbd/color/image_rect_color", "auto", True),
+    ("/rgbd/color/image_raw", "rectified", True),  # a driver that rectifies on board
+    ("/rgbd/color/image_rect_color", "raw", False),
+])
+def test_bag_undoes_lens_distortion_of_raw_images_only(tmp_path, capsys, colour, rectification,
+                                                       rectified):
     recording = tmp_path / "rgbd.mcap"
     write_rgbd_recording(recording, colour=colour, distortion=ARC_INFO["D"])
     code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
                      "--cache-dir", str(tmp_path), "--topics", colour, "--depth-topics",
                      DEPTH_TOPIC, "--camera-info-topics", INFO, "--outputs", "instances",
-                     "segments"])
+                     "segments", "--rectification", rectification])
     assert code == 0, capsys.readouterr().err
     result_path = tmp_path / "out" / "out_0.mcap"
     [segments, *_] = decoded(result_path, "/rgbd/color/segmentation/segments")
     [instances, *_] = decoded(result_path, "/rgbd/color/segmentation/instances")
     pixels = np.frombuffer(bytes(instances.msg.data), np.uint16).reshape(DEPTH.shape)
-    rectified = colour.endswith("image_rect_color")
     intrinsics = Intrinsics.from_camera_info(WIDTH, HEIGHT, K, P, ARC_INFO["D"], "plumb_bob",
                                              rectified)
     assert bool(intrinsics.distortion) is not rectified
     assert assert_boxes_match_back_projection(segments.msg.segments, pixels, sent(DEPTH),
                                               intrinsics) > 0
+
+
+def test_bag_gives_no_box_to_a_segment_with_fewer_readings_than_min_box_depth_pixels(tmp_path,
+                                                                                    capsys):
+    recording = tmp_path / "rgbd.mcap"
+    write_rgbd_recording(recording)
+    args = ["bag", str(recording), *ENGINE_ARGS, "--cache-dir", str(tmp_path), *RGBD_ARGS,
+            "--outputs", "segments"]
+    boxes = {}
+    for minimum in (1, WIDTH * HEIGHT):
+        out = tmp_path / f"out_{minimum}"
+        assert cli.main([*args, "--out", str(out), "--min-box-depth-pixels", str(minimum)]) == 0
+        [first, *_] = decoded(out / f"{out.name}_0.mcap", "/rgbd/color/segmentation/segments")
+        boxes[minimum] = [s.depth_pixels for s in first.msg.segments]
+    assert any(boxes[1]) and not any(boxes[WIDTH * HEIGHT]), (boxes, capsys.readouterr().err)
 
 
 def test_bag_refuses_depth_of_another_size_per_frame_and_writes_2d(tmp_path, capsys):
@@ -687,15 +707,19 @@ def test_bag_writes_vision_msgs_where_importable_and_says_why_not_elsewhere(tmp_
     detections = decoded(result_path, "/rgbd/color/segmentation/detections")
     detections_3d = decoded(result_path, "/rgbd/color/segmentation/detections_3d")
     assert [len(m.msg.detections) for m in detections] == [len(m.msg.segments) for m in segments]
-    assert [m.log_time for m in detections_3d] == [m.log_time for m in segments[:3]]
+    # Every frame has its detections_3d, empty without depth (synchronising consumers wait).
+    assert [m.log_time for m in detections_3d] == [m.log_time for m in segments]
+    assert list(detections_3d[3].msg.detections) == [] and detections_3d[0].msg.detections
     for frame, found in zip(segments, detections, strict=True):
         assert [d.id for d in found.msg.detections] == [  # the track ids: tracking is on
             str(s.track_id) for s in frame.msg.segments]
         assert all(s.track_id for s in frame.msg.segments)
-        assert [d.results[0].hypothesis.class_id for d in found.msg.detections] == [
-            s.label for s in frame.msg.segments]
     (label_info,) = decoded(result_path, "/rgbd/color/segmentation/label_info")
     assert [c.class_name for c in label_info.msg.class_map][-1] == "unlabeled"
+    names = {str(c.class_id): c.class_name for c in label_info.msg.class_map}
+    for frame, found in zip(segments, detections, strict=True):
+        assert [names[d.results[0].hypothesis.class_id] for d in found.msg.detections] == [
+            s.label for s in frame.msg.segments]
 
 
 def test_output_bag_writes_messages_rclpy_reads_back_equal_fixed_size_arrays_included(tmp_path):

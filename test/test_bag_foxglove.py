@@ -21,7 +21,7 @@ from mcap_ros2.decoder import DecoderFactory
 from mcap_ros2.writer import Writer as Ros2Writer
 
 from fcclip_ros import cli
-from fcclip_ros.outputs import FRAME_OUTPUTS, OUTPUTS_BY_NAME, available
+from fcclip_ros.outputs import FRAME_OUTPUTS, OPTIONAL_PACKAGES, OUTPUTS_BY_NAME, available
 from fcclip_ros.ros.bag.message_definitions import message_definition
 
 FOXGLOVE_DIR = HELPERS_DIR / "foxglove"
@@ -101,8 +101,8 @@ def test_foxglove_decodes_every_message_of_every_output_topic(tmp_path, capsys):
     node = node_and_packages()
     recording = tmp_path / "rgbd.mcap"
     write_rgbd_recording(recording)
-    with_vision_msgs = importlib.util.find_spec("vision_msgs") is not None
-    outputs = available(True, with_vision_msgs, FRAME_OUTPUTS)
+    packages = {name for name in OPTIONAL_PACKAGES if importlib.util.find_spec(name)}
+    outputs = available(True, packages, FRAME_OUTPUTS)
     code = cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), *ENGINE_ARGS,
                      "--cache-dir", str(tmp_path), "--topics", COLOUR, "--depth-topics", DEPTH,
                      "--camera-info-topics", INFO, "--points-stride", "4",
@@ -113,7 +113,7 @@ def test_foxglove_decodes_every_message_of_every_output_topic(tmp_path, capsys):
 
     counts = message_counts(result_path)
     latched = [o.name for o in OUTPUTS_BY_NAME.values()
-               if o.latched and (with_vision_msgs or not o.needs_vision_msgs)]
+               if o.latched and (not o.package or o.package in packages)]
     wanted = {f"/cam/color/segmentation/{name}" for name in (*outputs, *latched)}
     assert wanted <= set(counts), f"output topics missing from the bag: {wanted - set(counts)}"
     assert all(counts[topic] == FRAMES for topic in wanted if topic.rsplit("/", 1)[1]

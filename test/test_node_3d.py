@@ -312,7 +312,7 @@ def test_vision_msgs_detections_match_the_segments_over_dds(peer, rgbd):
     assert [d.id for d in detections] == [str(s.track_id) for s in segments]  # tracking on
     for detection, segment in zip(detections, segments, strict=True):
         [hypothesis] = detection.results
-        assert hypothesis.hypothesis.class_id == segment.label
+        assert hypothesis.hypothesis.class_id == str(segment.class_id)
         assert hypothesis.hypothesis.score == pytest.approx(segment.score)
         assert detection.bbox.size_x == segment.bbox.width
         assert detection.bbox.center.position.x == segment.bbox.x_offset + segment.bbox.width / 2

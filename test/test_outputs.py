@@ -10,13 +10,20 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fcclip_ros.outputs import FRAME_OUTPUTS, OUTPUTS, available, bag_defaults
+from fcclip_ros.outputs import (
+    FRAME_OUTPUTS,
+    OPTIONAL_PACKAGES,
+    OUTPUTS,
+    available,
+    bag_defaults,
+    unavailable_reason,
+)
 from fcclip_ros.ros.bag.message_definitions import message_type_name
 from fcclip_ros.ros.messages import (
     FRAME_MESSAGES,
+    IMPORTABLE_PACKAGES,
     VOCABULARY_MESSAGES,
     message_class,
-    vision_msgs,
 )
 
 pytestmark = pytest.mark.fast
@@ -32,20 +39,33 @@ def test_every_output_has_one_builder_and_the_builders_build_nothing_else():
 
 @pytest.mark.parametrize("output", OUTPUTS, ids=lambda output: output.name)
 def test_each_outputs_message_class_is_the_tables_type(output):
-    if output.needs_vision_msgs and vision_msgs is None:
-        with pytest.raises(LookupError, match="vision_msgs"):
+    if output.package and output.package not in IMPORTABLE_PACKAGES:
+        with pytest.raises(LookupError, match=output.package):
             message_class(output.name)
         return
     assert message_type_name(message_class(output.name)) == output.message_type
 
 
-def test_cameras_get_the_3d_outputs_only_with_depth_and_vision_outputs_only_with_vision_msgs():
-    plain = available(with_depth=False, with_vision_msgs=False)
+def test_cameras_get_the_3d_outputs_only_with_depth_and_package_outputs_only_with_the_package():
+    everything = set(OPTIONAL_PACKAGES)
+    plain = available(with_depth=False, packages=())
     assert "points" not in plain and "detections" not in plain and "labels" in plain
-    assert set(available(True, True)) == {o.name for o in OUTPUTS}
-    assert "detections_3d" not in available(False, True)
-    assert "embeddings" not in bag_defaults(True, True)  # D floats per segment: asked for only
-    assert not set(bag_defaults(True, True)) & {o.name for o in OUTPUTS if o.latched}
+    assert "features" not in plain and "semantic" in plain
+    assert set(available(True, everything)) == {o.name for o in OUTPUTS}
+    assert "detections_3d" not in available(False, everything)
+    assert "features" in available(False, {"semantic_inference_msgs"})
+    assert "detections" not in available(False, {"semantic_inference_msgs"})
+    for name in ("embeddings", "features", "semantic", "label_colors"):  # asked for only
+        assert name not in bag_defaults(True, everything)
+    assert not set(bag_defaults(True, everything)) & {o.name for o in OUTPUTS if o.latched}
+
+
+def test_an_output_of_a_missing_package_says_how_to_get_it():
+    assert "vision_msgs is not importable (source a ROS 2 install" in unavailable_reason(
+        "detections", False, {"semantic_inference_msgs"})
+    assert "semantic_inference_msgs is not importable (build MIT-SPARK" in unavailable_reason(
+        "features", True, {"vision_msgs"})
+    assert unavailable_reason("features", False, {"semantic_inference_msgs"}) == ""
 
 
 def readme_topic_rows() -> list[list[str]]:
@@ -63,7 +83,8 @@ def test_the_readme_topic_table_lists_the_tables_outputs_in_order_with_what_they
         assert message_type.startswith(f"{package}/{name}"), output.name
         assert ("subscribed" in published) == output.on_demand, output.name
         assert ("depth" in published) == output.needs_depth, output.name
-        assert ("vision_msgs" in published) == output.needs_vision_msgs, output.name
+        for package in OPTIONAL_PACKAGES:
+            assert (package in published) == (output.package == package), output.name
         assert ("latched" in published) == output.latched, output.name
 
 

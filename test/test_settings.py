@@ -67,7 +67,8 @@ def test_the_bag_job_defaults_are_the_tables():
     from fcclip_ros.ros.bag import BagOptions
 
     options = BagOptions()
-    for name in ("points_stride", "depth_max_delay_s", "max_input_pixels"):
+    for name in ("points_stride", "depth_max_delay_s", "max_input_pixels", "rectification",
+                 "min_box_depth_pixels"):
         assert getattr(options, name) == default(name), name
 
 

@@ -37,7 +37,7 @@ def _not_negative(text: str) -> float:
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     from fcclip_ros.outputs import FRAME_OUTPUTS, OUTPUTS, bag_defaults
 
-    depth_only = [o.name for o in OUTPUTS if o.needs_depth and not o.needs_vision_msgs]
+    depth_only = [o.name for o in OUTPUTS if o.needs_depth and not o.package]
     parser = subparsers.add_parser(
         "bag",
         help="segment every frame of recorded MCAP bags into new bags (no ROS install needed)",
@@ -69,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "without outputs (default 1: every frame)")
     parser.add_argument("--outputs", nargs="+", choices=FRAME_OUTPUTS,
                         help="per-frame outputs to write (default: "
-                        f"{' '.join(bag_defaults(False, False))}, plus with --depth-topics "
+                        f"{' '.join(bag_defaults(False, ()))}, plus with --depth-topics "
                         f"{' '.join(depth_only)}, plus detections (and detections_3d with "
                         "depth) where vision_msgs is importable)")
     parser.add_argument("--resume", action="store_true",
@@ -146,6 +146,7 @@ def _bag_options(args: argparse.Namespace, settings: dict) -> BagOptions:
         depth_topics=tuple(args.depth_topics),
         camera_info_topics=tuple(args.camera_info_topics),
         depth_max_delay_s=args.depth_max_delay, points_stride=args.points_stride,
+        rectification=args.rectification, min_box_depth_pixels=args.min_box_depth_pixels,
         skip_damaged=args.skip_damaged,
         tracking=TrackerConfig.from_settings(vars(args)) if args.tracking else None)
 

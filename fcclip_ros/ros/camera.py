@@ -23,7 +23,12 @@ from fcclip_ros.frame_pipeline import DepthSource, Frame, FramePipeline
 from fcclip_ros.image_conversion import compressed_to_rgb, image_to_rgb
 from fcclip_ros.outputs import OUTPUTS_BY_NAME, available
 from fcclip_ros.ros.diagnostics import CameraStats
-from fcclip_ros.ros.messages import FRAME_MESSAGES, VOCABULARY_MESSAGES, message_class, vision_msgs
+from fcclip_ros.ros.messages import (
+    FRAME_MESSAGES,
+    IMPORTABLE_PACKAGES,
+    VOCABULARY_MESSAGES,
+    message_class,
+)
 from fcclip_ros.topics import camera_info_topic, images_rectified, output_namespace
 from fcclip_ros.vocabulary import VocabularyState
 
@@ -61,10 +66,10 @@ class Camera:
 
     def __init__(self, node: LifecycleNode, index: int, topic: str, compressed: bool,
                  pipeline: dict[str, Any], depth_topic: str = "", info_topic: str = "",
-                 depth_max_delay_s: float = 0.0) -> None:
+                 depth_max_delay_s: float = 0.0, rectification: str = "auto") -> None:
         """`pipeline`: FramePipeline's settings (model, points_stride, style,
-        max_input_pixels, tracker). The 3D settings `rectification` and
-        `min_box_depth_pixels` (read-only) are read from the node's parameters."""
+        max_input_pixels, min_box_depth_pixels, tracker); `rectification`: whether the images
+        are rectified (fcclip_ros.topics.images_rectified)."""
         self.index, self.topic = index, topic
         self._node = node
         self.source = f"{topic}/compressed" if compressed else topic
@@ -74,17 +79,16 @@ class Camera:
         self.info_topic = info_topic or camera_info_topic(topic)
         # The worker waits for a depth that may still come at most depth_max_delay_s after the
         # colour frame arrived; by then a network of any speed has usually been running longer.
-        rectified = images_rectified(node.get_parameter("rectification").value, topic)
-        depth = DepthSource(self.info_topic, rectified, depth_max_delay_s,
-                            wait_s=depth_max_delay_s) if depth_topic else None
+        depth = DepthSource(self.info_topic, images_rectified(rectification, topic),
+                            depth_max_delay_s, wait_s=depth_max_delay_s) if depth_topic else None
         self.pipeline = FramePipeline(
             depth=depth, warn=lambda reason: node.get_logger().warning(f"{self.source}: {reason}"),
-            min_box_depth_pixels=node.get_parameter("min_box_depth_pixels").value, **pipeline)
+            **pipeline)
         self.stats = CameraStats()
         self.subscriptions: list[Any] = []
         self.latest: LatestEmbeddings | None = None  # replaced whole, read without a lock
         namespace = output_namespace(topic)
-        self.outputs = available(bool(depth_topic), vision_msgs is not None)
+        self.outputs = available(bool(depth_topic), IMPORTABLE_PACKAGES)
         self.publishers = {
             name: node.create_lifecycle_publisher(
                 message_class(name), f"{namespace}/{name}",
@@ -149,11 +153,12 @@ class Camera:
             self.latest = LatestEmbeddings(frame.header, [s.id for s in frame.result.segments],
                                            frame.result.embeddings)
 
-    def publish_vocabulary(self, state: VocabularyState, stamp: Any) -> None:
-        """The latched outputs (dropped while inactive; sent again on activate)."""
+    def publish_vocabulary(self, state: VocabularyState, stamp: Any, threshold: float) -> None:
+        """The latched outputs (dropped while inactive; sent again on activate); `threshold`:
+        the global object_mask_threshold in force."""
         for name, build in VOCABULARY_MESSAGES.items():
             if name in self.publishers:
-                self.publishers[name].publish(build(state, stamp))
+                self.publishers[name].publish(build(state, stamp, threshold))
 
     def counts(self) -> dict[str, int]:
         """For diagnostics: what was computed only on demand, the 3D counters and the tracks

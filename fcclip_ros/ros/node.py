@@ -31,14 +31,15 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.time import Time
+from std_msgs.msg import Header
 
 from fcclip_ros.engine import Engine, EngineError, resolve_device
 from fcclip_ros.image_conversion import ImageConversionError
-from fcclip_ros.outputs import OUTPUTS
+from fcclip_ros.outputs import OPTIONAL_PACKAGES, OUTPUTS
 from fcclip_ros.ros import parameters
 from fcclip_ros.ros.camera import Camera, WaitingFrame
 from fcclip_ros.ros.diagnostics import dds_transport, node_diagnostics
-from fcclip_ros.ros.messages import vision_msgs
+from fcclip_ros.ros.messages import IMPORTABLE_PACKAGES, clear_markers
 from fcclip_ros.ros.parameters import ConfigurationError
 from fcclip_ros.ros.query_service import QueryService
 from fcclip_ros.ros.vocabulary_interface import VocabularyInterface
@@ -79,10 +80,11 @@ class SegmenterNode(LifecycleNode):
         self._image_group = MutuallyExclusiveCallbackGroup()
         self._service_group = ReentrantCallbackGroup()  # get_vocabulary answers during a swap
         self._diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        if vision_msgs is None:
-            off = ", ".join(o.name for o in OUTPUTS if o.needs_vision_msgs)
-            self.get_logger().info(f"vision_msgs is not installed: {off} are off (install "
-                                   "ros-<distro>-vision-msgs to have them)")
+        for package, how in OPTIONAL_PACKAGES.items():
+            if package not in IMPORTABLE_PACKAGES:
+                off = ", ".join(o.name for o in OUTPUTS if o.package == package)
+                self.get_logger().info(f"{package} is not installed: {off} are off ({how} to "
+                                       "have them)")
         self.create_timer(1.0, lambda: self._diagnostics.publish(node_diagnostics(
             self, self._scheduler)), callback_group=MutuallyExclusiveCallbackGroup())
 
@@ -109,11 +111,13 @@ class SegmenterNode(LifecycleNode):
         depth_topics = values["depth_topics"] or [""] * len(topics)
         info_topics = values["camera_info_topics"] or [""] * len(topics)
         pipeline = {"model": values["model"], "points_stride": values["points_stride"],
-                    "style": self._style, "max_input_pixels": values["max_input_pixels"]}
+                    "style": self._style, "max_input_pixels": values["max_input_pixels"],
+                    "min_box_depth_pixels": values["min_box_depth_pixels"]}
         self.cameras = [
             Camera(self, index, topic, values["transport"] == "compressed",
                    {**pipeline, "tracker": self._tracker(topic, values)},
-                   depth_topics[index], info_topics[index], values["depth_max_delay_s"])
+                   depth_topics[index], info_topics[index], values["depth_max_delay_s"],
+                   values["rectification"])
             for index, topic in enumerate(topics)
         ]
         batch = values["max_batch_size"] if self.engine.device.type == "cuda" else 1
@@ -149,10 +153,14 @@ class SegmenterNode(LifecycleNode):
         return result
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Stop processing (the frame in flight is dropped); the model stays loaded."""
+        """Stop processing (the frame in flight is dropped) and take the boxes out of RViz; the
+        model stays loaded."""
         self._stop_worker()
+        cleared = clear_markers(Header(stamp=self.get_clock().now().to_msg()))
         for camera in self.cameras:
             camera.unsubscribe()
+            if "markers" in camera.publishers:
+                camera.publishers["markers"].publish(cleared)
         assert self.engine is not None
         self.engine.resume()
         return super().on_deactivate(state)
@@ -222,6 +230,8 @@ class SegmenterNode(LifecycleNode):
         thresholds = {name: changes[name] for name in parameters.THRESHOLDS if name in changes}
         if thresholds and self.engine is not None:
             self.engine.set_thresholds(**thresholds)
+            if "object_mask_threshold" in thresholds and self._active.is_set():
+                self.vocabulary.publish(self.engine.vocabulary.current)  # LabelInfo.threshold
         self._style = parameters.overlay_style(changes, self._style)
         for camera in self.cameras:
             camera.pipeline.style = self._style
@@ -267,8 +277,8 @@ class SegmenterNode(LifecycleNode):
         results = self.engine.segment_batch(
             [rgb for _, _, rgb in decoded],
             [camera.wants("confidence") for camera, _, _ in decoded],
-            [keep or camera.wants("embeddings") or camera.pipeline.needs_embeddings
-             for camera, _, _ in decoded],
+            [keep or camera.wants("embeddings") or camera.wants("features")
+             or camera.pipeline.needs_embeddings for camera, _, _ in decoded],
         )
         elapsed = time.monotonic() - start
         frames = [

@@ -33,9 +33,11 @@ class VocabularyInterface:
                                     callback_group=group)]
 
     def publish(self, state: VocabularyState) -> None:
+        """The latched outputs of every camera (also after a threshold change: LabelInfo)."""
         stamp = self._node.get_clock().now().to_msg()
+        threshold = self._node.engine.object_mask_threshold
         for camera in self._node.cameras:
-            camera.publish_vocabulary(state, stamp)
+            camera.publish_vocabulary(state, stamp, threshold)
 
     def swap(self, make: Callable[[], VocabularySpec],
              shown: Callable[[VocabularySpec], VocabularyRequest], description: str) -> Future:

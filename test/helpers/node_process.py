@@ -303,8 +303,9 @@ class Outputs:
 
 
 def decode(msg: Image) -> np.ndarray:
-    """Pixels of a published mono16 / 32FC1 / rgb8 image."""
-    dtype, channels = {"mono16": ("u2", 1), "32FC1": ("f4", 1), "rgb8": ("u1", 3)}[msg.encoding]
+    """Pixels of a published mono16 / 32SC1 / 32FC1 / rgb8 image."""
+    dtype, channels = {"mono16": ("u2", 1), "32SC1": ("i4", 1), "32FC1": ("f4", 1),
+                       "rgb8": ("u1", 3)}[msg.encoding]
     dtype = np.dtype(dtype).newbyteorder(">" if msg.is_bigendian else "<")
     pixels = np.frombuffer(bytes(msg.data), dtype=dtype).reshape(msg.height, msg.width, channels)
     return pixels[..., 0] if channels == 1 else pixels

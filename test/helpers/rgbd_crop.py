@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, Image, PointField
 
 from fcclip_ros.geometry import Intrinsics
 from fcclip_ros.image_conversion import fill_image
@@ -82,8 +82,10 @@ def cloud_pixels(cloud: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     projects back to through the camera's intrinsics."""
     names = [field.name for field in cloud.fields]
     assert names == ["x", "y", "z", "rgb", "label", "instance"]
+    assert [field.datatype for field in cloud.fields] == [PointField.FLOAT32] * 4 + [
+        PointField.UINT32] * 2
     dtype = np.dtype({"names": names, "offsets": [f.offset for f in cloud.fields],
-                      "formats": ["<f4", "<f4", "<f4", "<u4", "<u2", "<u2"],
+                      "formats": ["<f4", "<f4", "<f4", "<u4", "<u4", "<u4"],  # rgb: packed
                       "itemsize": cloud.point_step})
     points = np.frombuffer(bytes(cloud.data), dtype)
     cols = np.rint(points["x"] * INTRINSICS.fx / points["z"] + INTRINSICS.cx).astype(int)

@@ -65,9 +65,14 @@ from fcclip_ros.ros.bag.writer import (
     output_files,
     write_rosbag2_metadata,
 )
-from fcclip_ros.ros.messages import FRAME_MESSAGES, VOCABULARY_MESSAGES, message_class, vision_msgs
+from fcclip_ros.ros.messages import (
+    FRAME_MESSAGES,
+    IMPORTABLE_PACKAGES,
+    VOCABULARY_MESSAGES,
+    message_class,
+)
 from fcclip_ros.settings import default
-from fcclip_ros.topics import camera_info_topic, is_rectified_topic, output_namespace
+from fcclip_ros.topics import camera_info_topic, images_rectified, output_namespace
 from fcclip_ros.tracking import SegmentTracker, TrackerConfig
 
 MAX_REPORTED_FAILURES = 5
@@ -96,6 +101,8 @@ class BagOptions:
     depth_topics: tuple[str, ...] = ()  # one per entry of `topics` ("" = none); empty: no 3D
     camera_info_topics: tuple[str, ...] = ()  # one per entry of `topics`; empty: beside each
     depth_max_delay_s: float = default("depth_max_delay_s")
+    rectification: str = default("rectification")  # auto: by each camera topic's name
+    min_box_depth_pixels: int = default("min_box_depth_pixels")
     points_stride: int = default("points_stride")
     skip_damaged: bool = False  # skip unreadable chunks of the input (else: stop, resumable)
     tracking: TrackerConfig | None = field(default_factory=TrackerConfig)  # None: track_id 0
@@ -174,7 +181,7 @@ class BagJob:
         self.namespaces = self._output_namespaces()
         self.depth = self._depth_topics()
         self.outputs_asked = self._outputs_asked()
-        self.outputs = {camera: available(camera in self.depth, vision_msgs is not None,
+        self.outputs = {camera: available(camera in self.depth, IMPORTABLE_PACKAGES,
                                           [*self.outputs_asked, *LATCHED_OUTPUTS])
                         for camera in self.cameras}
         self._check_output_topics()
@@ -255,27 +262,28 @@ class BagJob:
                     raise BagError(f"{topic} is {found.type_name or 'schemaless'}, not "
                                    f"{message_type_name(wanted)}")
             depth[camera] = _CameraDepth(depth_topic, DepthSource(
-                info_topic, is_rectified_topic(camera), options.depth_max_delay_s,
+                info_topic, images_rectified(options.rectification, camera),
+                options.depth_max_delay_s,
                 RECORDED_DEPTH_WAIT_S))
         return depth
 
     def _outputs_asked(self) -> tuple[str, ...]:
         """The per-frame outputs to write (the default set for what this run has), checked. A
         camera gets those it can have, as in the node: the 3D ones only with depth."""
-        with_depth, with_vision = bool(self.depth), vision_msgs is not None
-        asked = self.options.outputs or bag_defaults(with_depth, with_vision)
+        with_depth = bool(self.depth)
+        asked = self.options.outputs or bag_defaults(with_depth, IMPORTABLE_PACKAGES)
         unknown = [name for name in asked if name not in FRAME_MESSAGES]
         if unknown:
             raise BagError(f"{', '.join(unknown)}: not a per-frame output; choose from "
                            f"{', '.join(FRAME_MESSAGES)}")
         unavailable: dict[str, list[str]] = {}
         for name in asked:
-            reason = unavailable_reason(name, with_depth, with_vision)
+            reason = unavailable_reason(name, with_depth, IMPORTABLE_PACKAGES)
             if reason:
                 unavailable.setdefault(reason, []).append(name)
         for reason, names in unavailable.items():
             raise BagError(f"cannot write {', '.join(names)}: {reason}")
-        return available(with_depth, with_vision, asked)
+        return available(with_depth, IMPORTABLE_PACKAGES, asked)
 
     def _check_output_topics(self) -> None:
         """Refused before any work: an output topic the input already has (another type, or
@@ -363,7 +371,8 @@ class BagJob:
                 self.options.max_input_pixels,
                 tracker=None if tracking is None else SegmentTracker(
                     tracking, panoptic=engine.mode == "panoptic"),
-                warn=lambda reason, camera=camera: self.report.note_depth(f"{camera}: {reason}"))
+                warn=lambda reason, camera=camera: self.report.note_depth(f"{camera}: {reason}"),
+                min_box_depth_pixels=self.options.min_box_depth_pixels)
             for camera in self.cameras
         }
         output = OutputBag(self.out, self._fingerprint, self.ros_distro)
@@ -418,7 +427,8 @@ class BagJob:
         for camera, namespace in self.namespaces.items():
             for name, build in VOCABULARY_MESSAGES.items():
                 if name in self.outputs[camera]:
-                    output.publish(f"{namespace}/{name}", build(state, stamp), start)
+                    output.publish(f"{namespace}/{name}",
+                                   build(state, stamp, engine.object_mask_threshold), start)
 
     def _copy_previous(self, output: OutputBag, progress: dict[str, str]) -> int:
         """Copies the interrupted run's file into the new one; returns how many input messages
@@ -563,7 +573,7 @@ class BagJob:
                 results = engine.segment_batch(
                     [entry.rgb for entry in frames],
                     with_confidence="confidence" in self.outputs_asked,
-                    with_embeddings=["embeddings" in self.outputs_asked
+                    with_embeddings=[bool({"embeddings", "features"} & set(self.outputs_asked))
                                      or self.pipelines[entry.topic.name].needs_embeddings
                                      for entry in frames])
             except EngineInterruptedError:
