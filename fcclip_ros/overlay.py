@@ -22,12 +22,14 @@ _FONT = cv2.FONT_HERSHEY_SIMPLEX
 
 @dataclass(frozen=True)
 class OverlayStyle:
-    """What the overlay draws; all of it is tunable at runtime through node parameters."""
+    """How what is drawn for people looks: the overlay, and how long RViz keeps the markers.
+    All of it is tunable at runtime through node parameters."""
 
     alpha: float = 0.5  # weight of the class colour against the photo, 0..1
     boundaries: bool = True  # one-pixel white lines between segments
     names: bool = True  # class names at the segments' centres
     font_scale: float = 0.5
+    marker_lifetime_s: float = 2.0  # 0: until replaced
 
 
 def class_color(name: str) -> tuple[int, int, int]:

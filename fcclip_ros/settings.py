@@ -290,6 +290,13 @@ SETTINGS: tuple[Setting, ...] = (
         "overlay_font_scale", float, 0.5, "Overlay: OpenCV font scale of the names.",
         tunable=True, value_range=(0.1, 4.0),
     ),
+    Setting(
+        "marker_lifetime", float, 2.0,
+        _text("Markers: seconds a box and its label stay in RViz unless the next frame replaces",
+              "them, so that a stopped node leaves none behind; set it above the time a frame",
+              "takes on slow hardware. 0: until replaced (RViz keeps them forever)."),
+        tunable=True, value_range=(0.0, 3600.0),
+    ),
 )
 SETTINGS_BY_NAME: dict[str, Setting] = {setting.name: setting for setting in SETTINGS}
 # Setting -> fcclip_ros.tracking.TrackerConfig field (the tracker's other fields keep their

@@ -17,10 +17,10 @@ from visualization_msgs.msg import Marker
 
 from fcclip_ros.frame_pipeline import Frame
 from fcclip_ros.geometry import point_cloud, segment_geometry
+from fcclip_ros.overlay import OverlayStyle
 from fcclip_ros.result import UNLABELED
 from fcclip_ros.ros.messages import (
     FRAME_MESSAGES,
-    MARKER_LIFETIME_S,
     clear_markers,
     detections_3d_message,
     detections_message,
@@ -30,6 +30,7 @@ from fcclip_ros.ros.messages import (
     segments_message,
     vision_msgs,
 )
+from fcclip_ros.settings import default as default_setting
 from fcclip_ros.vocabulary import Vocabulary
 
 pytestmark = pytest.mark.fast
@@ -107,7 +108,7 @@ def test_point_cloud_fields_have_the_names_and_types_pcl_point_xyzrgbl_reads():
 def test_markers_are_a_box_and_a_label_per_segment_with_depth_after_a_delete_all():
     result = arc_segmentation()
     geometry = segment_geometry(result.instances, DEPTH, INTRINSICS)
-    markers = markers_message(HEADER, result, geometry).markers
+    markers = markers_message(HEADER, result, geometry, 2.0).markers
     assert markers[0].action == Marker.DELETEALL
     boxes = {m.id: m for m in markers if m.type == Marker.CUBE}
     texts = {m.id: m for m in markers if m.type == Marker.TEXT_VIEW_FACING}
@@ -129,9 +130,10 @@ def test_markers_expire_so_that_a_stopped_node_leaves_none_in_rviz():
     markers = markers_message(HEADER, result, geometry, lifetime_s=1.5).markers[1:]
     assert markers and all((m.lifetime.sec, m.lifetime.nanosec) == (1, 500_000_000)
                            for m in markers)
-    default = markers_message(HEADER, result, geometry).markers[1:]
-    assert all(0 < m.lifetime.sec + m.lifetime.nanosec / 1e9 == MARKER_LIFETIME_S
-               for m in default)
+    frame = Frame(HEADER, ARC["rgb"], result, "tiny", OverlayStyle(), geometry)
+    default = FRAME_MESSAGES["markers"](frame).markers[1:]
+    assert default and all(m.lifetime.sec + m.lifetime.nanosec / 1e9 == default_setting(
+        "marker_lifetime") > 0 for m in default)
     [clear] = clear_markers(HEADER).markers
     assert (clear.action, clear.header) == (Marker.DELETEALL, HEADER)
 
@@ -217,7 +219,7 @@ def test_tracked_segments_name_their_object_by_track_id_in_every_output(msgs):
         str(tracks[s.id]) for s in result.segments]
     assert [d.id for d in detections_3d_message(HEADER, result, geometry, msgs).detections] == [
         str(tracks[s.id]) for s in result.segments[:-1]]
-    markers = markers_message(HEADER, result, geometry).markers[1:]
+    markers = markers_message(HEADER, result, geometry, 2.0).markers[1:]
     assert sorted({m.id for m in markers}) == sorted(tracks[s.id] for s in result.segments[:-1])
     huge = replace(result, segments=[replace(s, track_id=2**31 + s.id) for s in result.segments])
-    assert {m.id for m in markers_message(HEADER, huge, geometry).markers[1:]} == set(geometry)
+    assert {m.id for m in markers_message(HEADER, huge, geometry, 2.0).markers[1:]} == set(geometry)

@@ -64,11 +64,6 @@ CLOUD_FIELDS = [
     PointField(name="label", offset=16, datatype=PointField.UINT32, count=1),
     PointField(name="instance", offset=20, datatype=PointField.UINT32, count=1),
 ]
-# Markers vanish from RViz this long after their frame unless the next frame replaces them, so
-# that boxes of a stopped or crashed node do not stay forever (deactivate also clears them).
-MARKER_LIFETIME_S = 2.0
-
-
 def image_message(header: Any, pixels: np.ndarray, encoding: str) -> Image:
     return fill_image(Image(header=header), pixels, encoding)
 
@@ -157,9 +152,10 @@ def marker_id(segment: Any) -> int:
 
 
 def markers_message(header: Any, result: Segmentation, geometry: Mapping[int, SegmentGeometry],
-                    lifetime_s: float = MARKER_LIFETIME_S) -> MarkerArray:
+                    lifetime_s: float) -> MarkerArray:
     """For RViz: a translucent box in the class colour and a text label per segment with 3D,
-    each living `lifetime_s`; the first marker deletes the previous frame's."""
+    each kept `lifetime_s` unless replaced (so that a stopped node leaves none behind; 0:
+    forever); the first marker deletes the previous frame's."""
     lifetime = Duration(sec=int(lifetime_s), nanosec=round(lifetime_s % 1 * 1e9))
     markers = [clear_markers(header).markers[0]]
     for segment in result.segments:
@@ -313,7 +309,8 @@ FRAME_MESSAGES: dict[str, Callable[[Frame], Any]] = {
     "embeddings": _embeddings,
     "features": _features,
     "points": _points,
-    "markers": lambda frame: markers_message(frame.header, frame.result, frame.geometry or {}),
+    "markers": lambda frame: markers_message(frame.header, frame.result, frame.geometry or {},
+                                             frame.style.marker_lifetime_s),
     "detections": lambda frame: detections_message(frame.header, frame.result),
     "detections_3d": lambda frame: detections_3d_message(frame.header, frame.result,
                                                          frame.geometry or {}),

@@ -32,6 +32,7 @@ OVERLAY_FIELDS = {  # parameter -> OverlayStyle field
     "overlay_boundaries": "boundaries",
     "overlay_names": "names",
     "overlay_font_scale": "font_scale",
+    "marker_lifetime": "marker_lifetime_s",
 }
 
 
