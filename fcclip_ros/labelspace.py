@@ -10,7 +10,8 @@ A class id is the class's index in the vocabulary, the value of the `labels` ima
   first synonym).
 - ``colors.csv``, ``name,red,green,blue,alpha,id``: the overlay's colour of each class
   (``overlay.class_color``), one row per class in id order. Hydra's ``SemanticColorMap`` and
-  Kimera-Semantics' ``SemanticLabel2Color`` read this header.
+  Kimera-Semantics' ``SemanticLabel2Color`` read this header; Kimera's variant is shifted (see
+  ``colour_rows``).
 
 Unlabeled pixels (65535) are left out of ``total_semantic_labels``: Hydra integrates their depth
 and its default (MLE) semantic update skips them. With ``mask_unlabeled`` 65535 is also an
@@ -27,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from fcclip_ros.mapping_images import UNLABELED_COLOR
 from fcclip_ros.overlay import class_color
 from fcclip_ros.result import UNLABELED
 from fcclip_ros.vocabulary import VocabularyClass, VocabularyError
@@ -68,13 +70,18 @@ def hydra_label_space(
     }
 
 
-def colour_rows(classes: Sequence[VocabularyClass], id_offset: int = 0) -> list[tuple]:
+def colour_rows(classes: Sequence[VocabularyClass], kimera: bool = False) -> list[tuple]:
     """One CSV row per class in id order: name, red, green, blue, alpha (opaque), id.
 
-    ``id_offset`` 1 writes ids for Kimera-Semantics, which keeps 0 for unknown colours.
+    ``kimera``: for Kimera-Semantics, which keeps label 0 for unknown colours (and logs every
+    point of a colour its CSV lacks): ids are class id + 1, after a first row that gives
+    label_colors' unlabeled colour label 0.
     """
-    return [(c.name, *class_color(c.name), 255, index + id_offset)
-            for index, c in enumerate(classes)]
+    if not kimera:
+        return [(c.name, *class_color(c.name), 255, index) for index, c in enumerate(classes)]
+    unlabeled = ("unlabeled", *UNLABELED_COLOR, 255, KIMERA_UNKNOWN_ID)
+    return [unlabeled, *((name, *rgb, alpha, index + 1)
+                         for name, *rgb, alpha, index in colour_rows(classes))]
 
 
 def classes_sharing_a_colour(classes: Sequence[VocabularyClass]) -> list[tuple[int, ...]]:
@@ -92,7 +99,7 @@ def write_label_space(
     source: str,
     dynamic: Sequence[str] = (),
     mask_unlabeled: bool = False,
-    kimera_ids: bool = False,
+    kimera: bool = False,
 ) -> tuple[Path, Path]:
     """Write label_space.yaml and colors.csv into ``directory`` (made if missing); ``source``
     says in the YAML's first comment where the classes came from. OSError when it cannot be
@@ -112,5 +119,5 @@ def write_label_space(
     with colours_path.open("w", newline="", encoding="utf-8") as out:
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(COLOUR_HEADER)
-        writer.writerows(colour_rows(classes, KIMERA_UNKNOWN_ID + 1 if kimera_ids else 0))
+        writer.writerows(colour_rows(classes, kimera))
     return hydra_path, colours_path

@@ -8,14 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from helpers.node_process import TEST_PARAMETERS, NodeProcess, Peer
 
 from fcclip_ros.cli import main
 from fcclip_ros.labelspace import COLOUR_HEADER, COLOURS_FILE, HYDRA_FILE, write_label_space
+from fcclip_ros.mapping_images import label_color_image
 from fcclip_ros.overlay import class_color
-from fcclip_ros.result import UNLABELED
+from fcclip_ros.result import NO_INSTANCE, UNLABELED, Segmentation
 from fcclip_ros.vocabulary import Vocabulary, VocabularyClass, VocabularyError
 
 FCCLIP_ROS = str(Path(sys.executable).with_name("fcclip-ros"))  # the installed console script
@@ -92,12 +94,19 @@ def test_dynamic_names_mark_every_class_of_that_name_and_unknown_names_are_refus
     assert not (tmp_path / "refused").exists()
 
 
-def test_kimera_ids_start_at_1_leaving_0_for_kimeras_unknown(tmp_path):
+def test_for_kimera_classes_start_at_1_and_the_unlabeled_colour_is_its_unknown_0(tmp_path):
     classes = Vocabulary.from_entries(CUSTOM).classes
-    write_label_space(tmp_path, classes, "test", kimera_ids=True)
+    write_label_space(tmp_path, classes, "test", kimera=True)
     label_space, rows = read_back(tmp_path)
-    assert [int(row["id"]) for row in rows] == list(range(1, len(CUSTOM) + 1))
-    assert [row["name"] for row in rows] == [c.name for c in classes]
+    assert rows[0] == {"name": "unlabeled", "red": "0", "green": "0", "blue": "0",
+                       "alpha": "255", "id": "0"}
+    unlabeled_colour = label_color_image(Segmentation(
+        labels=np.full((1, 1), UNLABELED, np.uint16),
+        instances=np.full((1, 1), NO_INSTANCE, np.uint16), confidence=None, segments=[]))[0, 0]
+    assert [int(rows[0][channel]) for channel in ("red", "green", "blue")] == list(
+        unlabeled_colour)
+    assert [int(row["id"]) for row in rows[1:]] == list(range(1, len(CUSTOM) + 1))
+    assert [row["name"] for row in rows[1:]] == [c.name for c in classes]
     assert [entry["label"] for entry in label_space["label_names"]] == list(range(len(CUSTOM)))
 
 

@@ -56,7 +56,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "map instead of keeping their geometry without a label")
     parser.add_argument(
         "--kimera", action="store_true",
-        help="CSV ids are class id + 1, as Kimera-Semantics keeps id 0 for unknown colours (it is "
+        help="CSV for Kimera-Semantics, which keeps id 0 for unknown colours: ids are class id "
+        "+ 1, after a first row giving the unlabeled colour of label_colors (black) id 0 (it is "
         f"compiled for {KIMERA_MAX_LABELS} labels, so at most {KIMERA_MAX_LABELS - 1} classes)")
     node_commands._add_service_options(parser)
     parser.set_defaults(func=run)
