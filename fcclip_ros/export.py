@@ -34,10 +34,10 @@ from torch import nn
 
 from fcclip_ros.model.classification import TextClassifier
 from fcclip_ros.model.fcclip import FCCLIP
+from fcclip_ros.settings import EXPORT_FORMATS
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ("onnx", "openvino")
 INPUT_NAMES = ("images", "text_embeddings", "class_of_row", "seen")
 OUTPUT_NAMES = ("mask_logits", "class_logits", "region_embeddings")
 SIDECAR_NAME = "fcclip_export.json"
@@ -71,7 +71,7 @@ class ArtifactKey:
     model: str  # a key of fcclip_ros.model.config.VARIANTS
     weights_fingerprint: str  # weights_fingerprint() of the network it was exported from
     input_size: tuple[int, int]  # (H, W) of the padded network input
-    format: str  # one of FORMATS
+    format: str  # one of EXPORT_FORMATS
 
     @property
     def directory_name(self) -> str:
@@ -161,8 +161,8 @@ def export_artifact(model: FCCLIP, classifier: TextClassifier, key: ArtifactKey,
     """Write the artifact `key` describes for `model` into `directory` (replaced as a whole,
     only once complete; a folder holding anything but an artifact is refused, never deleted).
     `classifier` is any vocabulary: it only gives the traced inputs."""
-    if key.format not in FORMATS:
-        raise ExportError(f"format {key.format!r}: use one of {', '.join(FORMATS)}")
+    if key.format not in EXPORT_FORMATS:
+        raise ExportError(f"format {key.format!r}: use one of {', '.join(EXPORT_FORMATS)}")
     height, width = key.input_size
     if height <= 0 or width <= 0 or height % 32 or width % 32:
         raise ExportError(f"input size {height}x{width}: both sides must be positive multiples "

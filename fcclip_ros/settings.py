@@ -24,6 +24,7 @@ PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 TRANSPORTS = ("raw", "compressed")
 OFFLINE = ("segment", "bag")  # the commands that build an engine from the engine flags
 WITH_EXPORT = (*OFFLINE, "export")
+EXPORT_FORMATS = ("onnx", "openvino")  # fcclip-ros export --format (here: the CLI stays light)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from fcclip_ros.cli.arguments import add_setting_flags, engine_config, image_siz
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    from fcclip_ros.export import FORMATS
+    from fcclip_ros.settings import EXPORT_FORMATS
 
     parser = subparsers.add_parser(
         "export",
@@ -25,7 +25,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--size", required=True, type=image_size, metavar="WIDTHxHEIGHT",
                         help="camera image size, e.g. 640x480; the network input is that size "
                         "resized by --short-side / --max-long-side and padded to a multiple of 32")
-    parser.add_argument("--format", choices=FORMATS, default="openvino",
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="openvino",
                         help="onnx (for --backend onnxruntime) or openvino (default)")
     parser.add_argument("--out", type=Path, default=None,
                         help="write the artifact into this folder instead of the cache")
