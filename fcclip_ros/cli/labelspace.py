@@ -59,7 +59,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="CSV for Kimera-Semantics, which keeps id 0 for unknown colours: ids are class id "
         "+ 1, after a first row giving the unlabeled colour of label_colors (black) id 0 (it is "
         f"compiled for {KIMERA_MAX_LABELS} labels, so at most {KIMERA_MAX_LABELS - 1} classes)")
-    node_commands._add_service_options(parser)
+    node_commands.add_service_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -98,7 +98,8 @@ def _node_vocabulary(args: argparse.Namespace) -> tuple[tuple[VocabularyClass, .
     printed) when no node answered."""
     from fcclip_ros.srv import GetVocabulary
 
-    response = node_commands._call(args, GetVocabulary, "get_vocabulary", GetVocabulary.Request())
+    response = node_commands.call_service(args, GetVocabulary, "get_vocabulary",
+                                          GetVocabulary.Request())
     if response is None:
         return None
     classes = tuple(VocabularyClass(split_synonyms(entry), bool(is_thing))

@@ -52,13 +52,13 @@ def add_subcommands(subparsers: Any) -> None:
         "--class-threshold", action="append", default=[], metavar="NAME=VALUE",
         help="panoptic: the threshold of the class NAME (its first synonym) in place of "
         "object_mask_threshold; repeatable")
-    _add_service_options(set_vocabulary)
+    add_service_options(set_vocabulary)
     set_vocabulary.set_defaults(func=_set_vocabulary)
 
     get_vocabulary = subparsers.add_parser(
         "get-vocabulary", help="print the running node's vocabulary and its version"
     )
-    _add_service_options(get_vocabulary)
+    add_service_options(get_vocabulary)
     get_vocabulary.set_defaults(func=_get_vocabulary)
 
     query = subparsers.add_parser(
@@ -71,13 +71,15 @@ def add_subcommands(subparsers: Any) -> None:
     query.add_argument("texts", nargs="+", help='e.g. "a red mug" "something to sit on"')
     query.add_argument("--camera", default="", help="one input topic (default: every camera)")
     query.add_argument("--top-k", type=int, default=3, help="segments per text (0: all)")
-    _add_service_options(query)
+    add_service_options(query)
     query.set_defaults(func=_query)
 
 
-def _add_service_options(parser: argparse.ArgumentParser) -> None:
+def add_service_options(parser: argparse.ArgumentParser) -> None:
+    """--namespace and --timeout of a command that calls one of the node's services."""
     parser.add_argument(
-        "--namespace", default="/", help="the node's namespace (default /, so /set_vocabulary)"
+        "--namespace", default="/",
+        help="the node's namespace (default /: its services are /get_vocabulary, ...)"
     )
     parser.add_argument(
         "--timeout", type=float, default=DEFAULT_TIMEOUT_S, help="seconds to wait for the answer"
@@ -96,7 +98,7 @@ def _run(args: argparse.Namespace) -> int:
     return run(["fcclip-ros", *ros_args, *args.ros_args])
 
 
-def _call(args: argparse.Namespace, service_type: Any, name: str, request: Any) -> Any:
+def call_service(args: argparse.Namespace, service_type: Any, name: str, request: Any) -> Any:
     """Call the node's service once; None (with the reason printed) when no answer came."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -146,7 +148,7 @@ def _set_vocabulary(args: argparse.Namespace) -> int:
     request = SetVocabulary.Request(classes=list(args.classes), preset=args.preset,
                                     negative_classes=list(negatives),
                                     class_thresholds=list(thresholds))
-    response = _call(args, SetVocabulary, "set_vocabulary", request)
+    response = call_service(args, SetVocabulary, "set_vocabulary", request)
     if response is None:
         return 1
     if not response.success:
@@ -174,7 +176,7 @@ def _vocabulary_control(args: argparse.Namespace) -> tuple[tuple[str, ...], tupl
 def _get_vocabulary(args: argparse.Namespace) -> int:
     from fcclip_ros.srv import GetVocabulary
 
-    response = _call(args, GetVocabulary, "get_vocabulary", GetVocabulary.Request())
+    response = call_service(args, GetVocabulary, "get_vocabulary", GetVocabulary.Request())
     if response is None:
         return 1
     print(f"vocabulary v{response.version}: {len(response.classes)} classes")
@@ -189,7 +191,7 @@ def _query(args: argparse.Namespace) -> int:
         print("query: --top-k must be 0..65535", file=sys.stderr)
         return 2
     request = Query.Request(texts=list(args.texts), camera=args.camera, top_k=args.top_k)
-    response = _call(args, Query, "query", request)
+    response = call_service(args, Query, "query", request)
     if response is None:
         return 1
     if not response.success:
